@@ -151,10 +151,18 @@ export class Tensor {
     return new Tensor(s!, shape, this.dtype);
   }
 
-  /** Copy the values to the CPU. Float32Array for float32, Int32Array for int32. */
-  async toArray(): Promise<Float32Array | Int32Array> {
+  /** Copy the values to the CPU as float32 (int32 tensors are converted). */
+  async toArray(): Promise<Float32Array> {
     const bytes = await readback(this.buf, this.size * 4);
-    return this.dtype === "int32" ? new Int32Array(bytes) : new Float32Array(bytes);
+    return this.dtype === "int32"
+      ? Float32Array.from(new Int32Array(bytes))
+      : new Float32Array(bytes);
+  }
+
+  /** Copy an int32 tensor's values to the CPU exactly. */
+  async toInt32Array(): Promise<Int32Array> {
+    if (this.dtype !== "int32") throw new TypeError(`toInt32Array() on ${this}`);
+    return new Int32Array(await readback(this.buf, this.size * 4));
   }
 
   /** The single value of a one-element tensor. */

@@ -99,7 +99,11 @@ export async function gradCheck(
   const analytic = tidy(() => {
     const { xs, loss } = lossOf(inputs.map((i) => i.data), true);
     backward(loss);
-    return xs.map((x) => x.grad!);
+    return xs.map((x) => {
+      const g = x.grad!;
+      x.grad = null; // the leaf is disposed with this scope; its gradient survives
+      return g;
+    });
   });
   const grads = await Promise.all(analytic.map((g) => g.toArray()));
   analytic.forEach((g) => g.dispose());
