@@ -281,7 +281,7 @@ export class SafetensorsFile {
   }
 
   /** Reads the raw little-endian bytes of tensor `name` (a fresh, 0-offset buffer). */
-  read(name: string): Promise<Uint8Array> {
+  async read(name: string): Promise<Uint8Array> {
     const e = this.entry(name);
     const run = async () => {
       if (!this.#file) throw new Error(`${this.path}: file is closed`);
@@ -292,7 +292,7 @@ export class SafetensorsFile {
     // Chain on the queue so that seek+read pairs of concurrent calls never interleave.
     const result = this.#queue.then(run, run);
     this.#queue = result.catch(() => undefined);
-    return result;
+    return await result;
   }
 
   /**
