@@ -1,0 +1,449 @@
+/**
+ * Fused scaled dot-product attention, flash-style: forward with an online softmax and a backward
+ * that recomputes the probabilities from the saved log-sum-exp, so no T x T matrix ever exists in
+ * global memory (extra memory: one float per query row).
+ *
+ * Layout: Q [BH, Tq, D], K and V [BH, Tk, D], O [BH, Tq, D], all contiguous row-major, where BH is
+ * batch * heads. Rows are processed as D4 = ceil(D / 4) vec4 chunks zero-padded past D, so any
+ * D <= 128 works (D = 7 included); when D is a multiple of 4 the buffers are read as vec4 arrays.
+ *
+ * Parallel scheme (one invocation owns one row, which suits llvmpipe's SIMD-across-invocations and
+ * keeps the kernels simple):
+ * - forward and dQ: a workgroup owns BQ consecutive queries of one (b, h); it walks the keys in
+ *   tiles of BK rows that the workgroup loads together into workgroup memory (K and V tiles);
+ * - dK/dV: a workgroup owns BQ consecutive keys; it walks the queries in tiles (Q and dO tiles).
+ * Workgroup memory stays within 16 KiB: 2 * tile * D4 * 16 bytes.
+ *
+ * Causal masking is top-left aligned like PyTorch's `is_causal`: query i sees keys j <= i.
+ */
+import { type Buf, dispatch, grid } from "./runtime.ts";
+import { FLAT_WG, Params } from "./wgsl.ts";
+
+/** Largest head dimension the kernels are compiled for. */
+export const MAX_HEAD_DIM = 128;
+
+/** Invocations (rows) per workgroup. */
+const ROWS = 32;
+/** Workgroup memory budget for the two shared tiles. */
+const SHARED_BYTES = 16384;
+/** Upper bound on the tile length (the per-invocation score array has this many entries). */
+const MAX_TILE = 32;
+
+/** Sizes of one attention call. */
+export interface AttentionDims {
+  /** batch * heads. */
+  bh: number;
+  tq: number;
+  tk: number;
+  d: number;
+  scale: number;
+  causal: boolean;
+}
+
+/** Rows of a shared tile so that two tiles of `d4` vec4 per row fit in {@link SHARED_BYTES}. */
+export function tileRows(d4: number): number {
+  return Math.min(MAX_TILE, Math.floor(SHARED_BYTES / (2 * 16 * d4)));
+}
+
+/**
+ * WGSL helpers `ld<X>(row, c) -> vec4<f32>` and `st<X>(row, c, v)` for each named buffer: chunk `c`
+ * of row `row`, zero past D. `vec` reads the buffers as `array<vec4<f32>>` (D % 4 == 0).
+ */
+function rowAccess(names: string[], stores: string[], vec: boolean): string {
+  const out: string[] = [];
+  for (const n of names) {
+    out.push(
+      vec
+        ? `fn ld${n}(row: u32, c: u32) -> vec4<f32> { return ${n}[row * D4 + c]; }`
+        : `fn ld${n}(row: u32, c: u32) -> vec4<f32> {
+  let b = row * p.d + c * 4u;
+  let e = p.d - c * 4u; // D4 = ceil(d / 4), so e >= 1
+  var r = vec4<f32>(0.0);
+  r.x = ${n}[b];
+  if (e > 1u) { r.y = ${n}[b + 1u]; }
+  if (e > 2u) { r.z = ${n}[b + 2u]; }
+  if (e > 3u) { r.w = ${n}[b + 3u]; }
+  return r;
+}`,
+    );
+  }
+  for (const n of stores) {
+    out.push(
+      vec
+        ? `fn st${n}(row: u32, c: u32, v: vec4<f32>) { ${n}[row * D4 + c] = v; }`
+        : `fn st${n}(row: u32, c: u32, v: vec4<f32>) {
+  let b = row * p.d + c * 4u;
+  let e = p.d - c * 4u;
+  ${n}[b] = v.x;
+  if (e > 1u) { ${n}[b + 1u] = v.y; }
+  if (e > 2u) { ${n}[b + 2u] = v.z; }
+  if (e > 3u) { ${n}[b + 3u] = v.w; }
+}`,
+    );
+  }
+  return out.join("\n");
+}
+
+const PARAMS =
+  "struct P { bh: u32, tq: u32, tk: u32, d: u32, scale: f32, causal: u32, ntile: u32 }";
+
+function binding(i: number, name: string, ty: string, write = false): string {
+  return `@group(0) @binding(${i}) var<storage, ${
+    write ? "read_write" : "read"
+  }> ${name}: array<${ty}>;`;
+}
+
+/** The uniform struct and the compile-time row width shared by the three row kernels. */
+function header(d4: number): string {
+  return `${PARAMS}
+@group(0) @binding(0) var<uniform> p: P;
+const D4 = ${d4}u;
+const NEG = -3.0e38;`;
+}
+
+function forwardCode(d4: number, bk: number, vec: boolean): string {
+  const t = vec ? "vec4<f32>" : "f32";
+  return /* wgsl */ `${header(d4)}
+const BQ = ${ROWS}u;
+const BK = ${bk}u;
+${binding(1, "Q", t)}
+${binding(2, "K", t)}
+${binding(3, "V", t)}
+${binding(4, "O", t, true)}
+${binding(5, "LSE", "f32", true)}
+${rowAccess(["Q", "K", "V"], ["O"], vec)}
+var<workgroup> sK: array<vec4<f32>, ${bk * d4}>;
+var<workgroup> sV: array<vec4<f32>, ${bk * d4}>;
+@compute @workgroup_size(${ROWS})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let flat = ${FLAT_WG};
+  if (flat >= p.bh * p.ntile) { return; } // whole workgroup: barriers stay uniform
+  let bh = flat / p.ntile;
+  let q0 = (flat % p.ntile) * BQ;
+  let i = q0 + li;
+  let qrow = bh * p.tq + min(i, p.tq - 1u);
+  var q: array<vec4<f32>, D4>;
+  for (var c = 0u; c < D4; c++) { q[c] = ldQ(qrow, c) * p.scale; }
+  var acc: array<vec4<f32>, D4>;
+  var m = NEG;
+  var l = 0.0;
+  var kEnd = p.tk;
+  if (p.causal != 0u) { kEnd = min(p.tk, q0 + BQ); } // later keys are masked for every row here
+  for (var k0 = 0u; k0 < kEnd; k0 += BK) {
+    let n = min(BK, kEnd - k0);
+    workgroupBarrier(); // everyone is done with the previous tile
+    for (var e = li; e < BK * D4; e += BQ) {
+      let r = e / D4;
+      var kv = vec4<f32>(0.0);
+      var vv = vec4<f32>(0.0);
+      if (r < n) {
+        let row = bh * p.tk + k0 + r;
+        kv = ldK(row, e % D4);
+        vv = ldV(row, e % D4);
+      }
+      sK[e] = kv;
+      sV[e] = vv;
+    }
+    workgroupBarrier();
+    var lim = n;
+    if (p.causal != 0u) { lim = min(n, select(0u, i + 1u - k0, i + 1u > k0)); }
+    var s: array<f32, BK>;
+    var mt = NEG;
+    for (var j = 0u; j < BK; j++) {
+      if (j < lim) {
+        var d = vec4<f32>(0.0);
+        for (var c = 0u; c < D4; c++) { d = fma(q[c], sK[j * D4 + c], d); }
+        s[j] = d.x + d.y + d.z + d.w;
+        mt = max(mt, s[j]);
+      }
+    }
+    if (lim > 0u) {
+      // Online softmax: rescale the running sum and accumulator once per tile.
+      let mn = max(m, mt);
+      let corr = exp(m - mn);
+      l *= corr;
+      for (var c = 0u; c < D4; c++) { acc[c] *= corr; }
+      for (var j = 0u; j < BK; j++) {
+        if (j < lim) {
+          let pj = exp(s[j] - mn);
+          l += pj;
+          for (var c = 0u; c < D4; c++) { acc[c] = fma(vec4<f32>(pj), sV[j * D4 + c], acc[c]); }
+        }
+      }
+      m = mn;
+    }
+  }
+  if (i < p.tq) {
+    let inv = 1.0 / l;
+    for (var c = 0u; c < D4; c++) { stO(qrow, c, acc[c] * inv); }
+    LSE[qrow] = m + log(l);
+  }
+}`;
+}
+
+function deltaCode(): string {
+  return /* wgsl */ `struct P { rows: u32, d: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+${binding(1, "dO", "f32")}
+${binding(2, "O", "f32")}
+${binding(3, "delta", "f32", true)}
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let r = ${FLAT_WG} * 64u + li;
+  if (r >= p.rows) { return; }
+  var s = 0.0;
+  for (var e = r * p.d; e < (r + 1u) * p.d; e++) { s = fma(dO[e], O[e], s); }
+  delta[r] = s;
+}`;
+}
+
+function dqCode(d4: number, bk: number, vec: boolean): string {
+  const t = vec ? "vec4<f32>" : "f32";
+  return /* wgsl */ `${header(d4)}
+const BQ = ${ROWS}u;
+const BK = ${bk}u;
+${binding(1, "Q", t)}
+${binding(2, "K", t)}
+${binding(3, "V", t)}
+${binding(4, "dO", t)}
+${binding(5, "LSE", "f32")}
+${binding(6, "DELTA", "f32")}
+${binding(7, "dQ", t, true)}
+${rowAccess(["Q", "K", "V", "dO"], ["dQ"], vec)}
+var<workgroup> sK: array<vec4<f32>, ${bk * d4}>;
+var<workgroup> sV: array<vec4<f32>, ${bk * d4}>;
+@compute @workgroup_size(${ROWS})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let flat = ${FLAT_WG};
+  if (flat >= p.bh * p.ntile) { return; }
+  let bh = flat / p.ntile;
+  let q0 = (flat % p.ntile) * BQ;
+  let i = q0 + li;
+  let qrow = bh * p.tq + min(i, p.tq - 1u);
+  var q: array<vec4<f32>, D4>;
+  var go: array<vec4<f32>, D4>;
+  var dq: array<vec4<f32>, D4>;
+  for (var c = 0u; c < D4; c++) {
+    q[c] = ldQ(qrow, c) * p.scale;
+    go[c] = lddO(qrow, c);
+  }
+  let lse = LSE[qrow];
+  let delta = DELTA[qrow];
+  var kEnd = p.tk;
+  if (p.causal != 0u) { kEnd = min(p.tk, q0 + BQ); }
+  for (var k0 = 0u; k0 < kEnd; k0 += BK) {
+    let n = min(BK, kEnd - k0);
+    workgroupBarrier();
+    for (var e = li; e < BK * D4; e += BQ) {
+      let r = e / D4;
+      var kv = vec4<f32>(0.0);
+      var vv = vec4<f32>(0.0);
+      if (r < n) {
+        let row = bh * p.tk + k0 + r;
+        kv = ldK(row, e % D4);
+        vv = ldV(row, e % D4);
+      }
+      sK[e] = kv;
+      sV[e] = vv;
+    }
+    workgroupBarrier();
+    var lim = n;
+    if (p.causal != 0u) { lim = min(n, select(0u, i + 1u - k0, i + 1u > k0)); }
+    for (var j = 0u; j < BK; j++) {
+      if (j < lim) {
+        var sd = vec4<f32>(0.0);
+        var pd = vec4<f32>(0.0);
+        for (var c = 0u; c < D4; c++) {
+          sd = fma(q[c], sK[j * D4 + c], sd);
+          pd = fma(go[c], sV[j * D4 + c], pd);
+        }
+        let pj = exp(sd.x + sd.y + sd.z + sd.w - lse);
+        let ds = pj * (pd.x + pd.y + pd.z + pd.w - delta);
+        for (var c = 0u; c < D4; c++) { dq[c] = fma(vec4<f32>(ds), sK[j * D4 + c], dq[c]); }
+      }
+    }
+  }
+  if (i < p.tq) {
+    for (var c = 0u; c < D4; c++) { stdQ(qrow, c, dq[c] * p.scale); }
+  }
+}`;
+}
+
+function dkvCode(d4: number, bq: number, vec: boolean): string {
+  const t = vec ? "vec4<f32>" : "f32";
+  return /* wgsl */ `${header(d4)}
+const BKEY = ${ROWS}u;
+const BQ = ${bq}u;
+${binding(1, "Q", t)}
+${binding(2, "K", t)}
+${binding(3, "V", t)}
+${binding(4, "dO", t)}
+${binding(5, "LSE", "f32")}
+${binding(6, "DELTA", "f32")}
+${binding(7, "dK", t, true)}
+${binding(8, "dV", t, true)}
+${rowAccess(["Q", "K", "V", "dO"], ["dK", "dV"], vec)}
+var<workgroup> sQ: array<vec4<f32>, ${bq * d4}>;
+var<workgroup> sG: array<vec4<f32>, ${bq * d4}>;
+@compute @workgroup_size(${ROWS})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let flat = ${FLAT_WG};
+  if (flat >= p.bh * p.ntile) { return; }
+  let bh = flat / p.ntile;
+  let k0 = (flat % p.ntile) * BKEY;
+  let j = k0 + li;
+  let krow = bh * p.tk + min(j, p.tk - 1u);
+  var k: array<vec4<f32>, D4>;
+  var v: array<vec4<f32>, D4>;
+  var dk: array<vec4<f32>, D4>;
+  var dv: array<vec4<f32>, D4>;
+  for (var c = 0u; c < D4; c++) {
+    k[c] = ldK(krow, c) * p.scale;
+    v[c] = ldV(krow, c);
+  }
+  // Causal: queries before k0 see none of this workgroup's keys.
+  var qStart = 0u;
+  if (p.causal != 0u) { qStart = k0; }
+  for (var q0 = qStart; q0 < p.tq; q0 += BQ) {
+    let n = min(BQ, p.tq - q0);
+    workgroupBarrier();
+    for (var e = li; e < BQ * D4; e += BKEY) {
+      let r = e / D4;
+      var qv = vec4<f32>(0.0);
+      var gv = vec4<f32>(0.0);
+      if (r < n) {
+        let row = bh * p.tq + q0 + r;
+        qv = ldQ(row, e % D4);
+        gv = lddO(row, e % D4);
+      }
+      sQ[e] = qv;
+      sG[e] = gv;
+    }
+    workgroupBarrier();
+    // Rows r < first are masked for this key (causal: query q0 + r must be >= j).
+    var first = 0u;
+    if (p.causal != 0u && j > q0) { first = j - q0; }
+    for (var r = 0u; r < BQ; r++) {
+      if (r < n && r >= first) {
+        let row = bh * p.tq + q0 + r;
+        var sd = vec4<f32>(0.0);
+        var pd = vec4<f32>(0.0);
+        for (var c = 0u; c < D4; c++) {
+          sd = fma(sQ[r * D4 + c], k[c], sd);
+          pd = fma(sG[r * D4 + c], v[c], pd);
+        }
+        // LSE and DELTA of one query are the same for every invocation: a broadcast read.
+        let pr = exp(sd.x + sd.y + sd.z + sd.w - LSE[row]);
+        let ds = pr * (pd.x + pd.y + pd.z + pd.w - DELTA[row]);
+        for (var c = 0u; c < D4; c++) {
+          dv[c] = fma(vec4<f32>(pr), sG[r * D4 + c], dv[c]);
+          dk[c] = fma(vec4<f32>(ds), sQ[r * D4 + c], dk[c]);
+        }
+      }
+    }
+  }
+  if (j < p.tk) {
+    for (var c = 0u; c < D4; c++) {
+      stdK(krow, c, dk[c] * p.scale);
+      stdV(krow, c, dv[c]);
+    }
+  }
+}`;
+}
+
+function check(d: AttentionDims): void {
+  if (d.d < 1 || d.d > MAX_HEAD_DIM) {
+    throw new RangeError(`attention kernel: head dim ${d.d} outside 1..${MAX_HEAD_DIM}`);
+  }
+  if (d.tk < 1 || d.tq < 1) throw new RangeError(`attention kernel: empty Tq=${d.tq} Tk=${d.tk}`);
+}
+
+function params(d: AttentionDims, ntile: number): ArrayBuffer {
+  return new Params().u32(d.bh, d.tq, d.tk, d.d).f32(d.scale).u32(d.causal ? 1 : 0, ntile)
+    .build();
+}
+
+/**
+ * Record the forward pass: `o` gets softmax(scale * q k^T (+ causal mask)) v and `lse` the
+ * per-row log-sum-exp of the scaled scores (`bh * tq` floats), which the backward needs.
+ */
+export function attentionForwardKernel(
+  q: Buf,
+  k: Buf,
+  v: Buf,
+  o: Buf,
+  lse: Buf,
+  d: AttentionDims,
+): void {
+  check(d);
+  if (d.bh === 0) return;
+  const d4 = Math.ceil(d.d / 4);
+  const vec = d.d % 4 === 0;
+  const ntile = Math.ceil(d.tq / ROWS);
+  dispatch(
+    `attention_fwd_d${d.d}`,
+    forwardCode(d4, tileRows(d4), vec),
+    [q, k, v, o, lse],
+    params(d, ntile),
+    grid(d.bh * ntile),
+  );
+}
+
+/**
+ * Record the backward pass given the forward's `o` and `lse` and the output gradient `dO`:
+ * delta = rowsum(dO * O), then dQ (loop over keys) and dK, dV (loop over queries). Pass `null`
+ * for `dq` or for both `dk` and `dv` to skip that kernel. `delta` is scratch of `bh * tq` floats.
+ */
+export function attentionBackwardKernel(
+  q: Buf,
+  k: Buf,
+  v: Buf,
+  o: Buf,
+  lse: Buf,
+  dO: Buf,
+  delta: Buf,
+  dq: Buf | null,
+  dk: Buf | null,
+  dv: Buf | null,
+  d: AttentionDims,
+): void {
+  check(d);
+  if (d.bh === 0) return;
+  const d4 = Math.ceil(d.d / 4);
+  const vec = d.d % 4 === 0;
+  const rows = d.bh * d.tq;
+  dispatch(
+    "attention_delta",
+    deltaCode(),
+    [dO, o, delta],
+    new Params().u32(rows, d.d).build(),
+    grid(Math.ceil(rows / 64)),
+  );
+  const tile = tileRows(d4);
+  if (dq) {
+    const ntile = Math.ceil(d.tq / ROWS);
+    dispatch(
+      `attention_dq_d${d.d}`,
+      dqCode(d4, tile, vec),
+      [q, k, v, dO, lse, delta, dq],
+      params(d, ntile),
+      grid(d.bh * ntile),
+    );
+  }
+  if (dk && dv) {
+    const ntile = Math.ceil(d.tk / ROWS);
+    dispatch(
+      `attention_dkv_d${d.d}`,
+      dkvCode(d4, tile, vec),
+      [q, k, v, dO, lse, delta, dk, dv],
+      params(d, ntile),
+      grid(d.bh * ntile),
+    );
+  } else if (dk || dv) {
+    throw new Error("attention backward: dk and dv are computed together; pass both or neither");
+  }
+}

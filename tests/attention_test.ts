@@ -1,0 +1,242 @@
+/**
+ * Fused attention: forward and backward against a float64 CPU reference on odd shapes (D = 7,
+ * 16, 64, 128, causal and not), finite differences of the GPU forward, the unfused composition
+ * as a second opinion, and T = 4096 (forward only) without a T x T buffer.
+ */
+import assert from "node:assert/strict";
+import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
+import { poolStats, sizeClass } from "../kernels/runtime.ts";
+import { backward } from "../nn/autograd.ts";
+import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
+import { mul, sum } from "../nn/ops/index.ts";
+import { attention, type AttentionOptions, attentionUnfused } from "../nn/ops/attention.ts";
+
+interface Case {
+  B: number;
+  H: number;
+  Tq: number;
+  Tk: number;
+  D: number;
+  causal: boolean;
+  scale?: number;
+}
+
+interface Ref {
+  o: Float64Array;
+  dq: Float64Array;
+  dk: Float64Array;
+  dv: Float64Array;
+}
+
+/**
+ * Float64 attention and its gradients for upstream gradient `g` (skipped when null). Causal is
+ * top-left aligned: query i sees keys j <= i.
+ */
+function attentionRef(
+  q: Float32Array,
+  k: Float32Array,
+  v: Float32Array,
+  g: Float32Array | null,
+  c: Case,
+  rows?: number[],
+): Ref {
+  const { B, H, Tq, Tk, D, causal } = c;
+  const sc = c.scale ?? 1 / Math.sqrt(D);
+  const o = new Float64Array(B * H * Tq * D);
+  const dq = new Float64Array(q.length), dk = new Float64Array(k.length);
+  const dv = new Float64Array(v.length);
+  const p = new Float64Array(Tk), dp = new Float64Array(Tk);
+  for (let bh = 0; bh < B * H; bh++) {
+    const qb = bh * Tq * D, kb = bh * Tk * D;
+    for (const i of rows ?? [...Array(Tq).keys()]) {
+      const n = causal ? Math.min(Tk, i + 1) : Tk;
+      let m = -Infinity;
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let e = 0; e < D; e++) s += q[qb + i * D + e] * k[kb + j * D + e];
+        p[j] = s * sc;
+        m = Math.max(m, p[j]);
+      }
+      let l = 0;
+      for (let j = 0; j < n; j++) l += p[j] = Math.exp(p[j] - m);
+      for (let j = 0; j < n; j++) p[j] /= l;
+      for (let e = 0; e < D; e++) {
+        let s = 0;
+        for (let j = 0; j < n; j++) s += p[j] * v[kb + j * D + e];
+        o[qb + i * D + e] = s;
+      }
+      if (!g) continue;
+      let dot = 0;
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let e = 0; e < D; e++) s += g[qb + i * D + e] * v[kb + j * D + e];
+        dp[j] = s;
+        dot += p[j] * s;
+      }
+      for (let j = 0; j < n; j++) {
+        const ds = p[j] * (dp[j] - dot) * sc;
+        for (let e = 0; e < D; e++) {
+          dq[qb + i * D + e] += ds * k[kb + j * D + e];
+          dk[kb + j * D + e] += ds * q[qb + i * D + e];
+          dv[kb + j * D + e] += p[j] * g[qb + i * D + e];
+        }
+      }
+    }
+  }
+  return { o, dq, dk, dv };
+}
+
+function inputs(c: Case, seed: number) {
+  const nq = c.B * c.H * c.Tq * c.D, nk = c.B * c.H * c.Tk * c.D;
+  // Spread scores over a few units so the softmax is neither flat nor one-hot.
+  return {
+    q: randArray(nq, seed, -2, 2),
+    k: randArray(nk, seed + 1, -2, 2),
+    v: randArray(nk, seed + 2),
+    g: randArray(nq, seed + 3),
+  };
+}
+
+/** Run the fused op forward and backward on the GPU; returns output and the three gradients. */
+async function runGpu(
+  c: Case,
+  x: ReturnType<typeof inputs>,
+  f: (q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions) => Tensor = attention,
+) {
+  const qs = [c.B, c.H, c.Tq, c.D], ks = [c.B, c.H, c.Tk, c.D];
+  const res = tidy(() => {
+    const q = tensor(x.q, qs, { requiresGrad: true });
+    const k = tensor(x.k, ks, { requiresGrad: true });
+    const v = tensor(x.v, ks, { requiresGrad: true });
+    const o = f(q, k, v, { causal: c.causal, scale: c.scale });
+    backward(sum(mul(o, tensor(x.g, qs))));
+    const grads = [q.grad!, k.grad!, v.grad!];
+    q.grad = k.grad = v.grad = null; // survive the scope's disposal of the leaves
+    return [o, ...grads];
+  });
+  const out = await Promise.all(res.map((t) => t.toArray()));
+  res.forEach((t) => t.dispose());
+  return out;
+}
+
+const name = (c: Case) =>
+  `B${c.B} H${c.H} Tq${c.Tq} Tk${c.Tk} D${c.D}${c.causal ? " causal" : ""}` +
+  (c.scale !== undefined ? ` scale${c.scale}` : "");
+
+// Forward: fp32 sums of <= 64 products of O(1) terms; 2e-5 absolute covers their rounding.
+const FWD = { atol: 2e-5, rtol: 1e-4 };
+// Gradients add Tq or Tk more fp32 terms of size up to ~4 (|q|, |k| <= 2).
+const BWD = { atol: 1e-4, rtol: 1e-3 };
+
+const CASES: Case[] = [
+  { B: 2, H: 3, Tq: 7, Tk: 5, D: 7, causal: false },
+  { B: 2, H: 3, Tq: 33, Tk: 40, D: 16, causal: false },
+  { B: 2, H: 3, Tq: 19, Tk: 37, D: 64, causal: false },
+  { B: 2, H: 3, Tq: 13, Tk: 13, D: 7, causal: true },
+  { B: 2, H: 3, Tq: 33, Tk: 33, D: 16, causal: true },
+  { B: 2, H: 3, Tq: 29, Tk: 29, D: 64, causal: true },
+  { B: 1, H: 2, Tq: 9, Tk: 35, D: 128, causal: false },
+  { B: 1, H: 2, Tq: 20, Tk: 20, D: 128, causal: true },
+  { B: 1, H: 1, Tq: 3, Tk: 70, D: 1, causal: false, scale: 0.7 },
+  { B: 1, H: 2, Tq: 40, Tk: 17, D: 5, causal: true }, // Tq > Tk: rows past Tk see every key
+];
+
+for (const [n, c] of CASES.entries()) {
+  gpuTest(`attention forward + backward vs float64: ${name(c)}`, async () => {
+    const x = inputs(c, 100 + 10 * n);
+    const [o, dq, dk, dv] = await runGpu(c, x);
+    const ref = attentionRef(x.q, x.k, x.v, x.g, c);
+    assertClose(o, ref.o, FWD, `O ${name(c)}`);
+    assertClose(dq, ref.dq, BWD, `dQ ${name(c)}`);
+    assertClose(dk, ref.dk, BWD, `dK ${name(c)}`);
+    assertClose(dv, ref.dv, BWD, `dV ${name(c)}`);
+  });
+}
+
+gpuTest("attention gradCheck (finite differences of the GPU forward)", async () => {
+  for (const causal of [false, true]) {
+    const B = 1, H = 2, Tq = 5, Tk = causal ? 5 : 6, D = 7;
+    const f = ([q, k, v]: Tensor[]) => attention(q, k, v, { causal });
+    await gradCheck(f, [
+      { data: randArray(B * H * Tq * D, 1), shape: [B, H, Tq, D] },
+      { data: randArray(B * H * Tk * D, 2), shape: [B, H, Tk, D] },
+      { data: randArray(B * H * Tk * D, 3), shape: [B, H, Tk, D] },
+    ], { probes: 20 });
+  }
+});
+
+gpuTest("attention: only the inputs that need gradients get them", async () => {
+  const c: Case = { B: 1, H: 2, Tq: 6, Tk: 9, D: 8, causal: false };
+  const x = inputs(c, 5);
+  const ref = attentionRef(x.q, x.k, x.v, x.g, c);
+  const [gq, gk] = tidy(() => {
+    const q = tensor(x.q, [1, 2, 6, 8], { requiresGrad: true });
+    const k = tensor(x.k, [1, 2, 9, 8], { requiresGrad: true });
+    const v = tensor(x.v, [1, 2, 9, 8]);
+    backward(sum(mul(attention(q, k, v), tensor(x.g, [1, 2, 6, 8]))));
+    assert.equal(v.grad, null);
+    const r = [q.grad!, k.grad!];
+    q.grad = k.grad = null;
+    return r;
+  });
+  assertClose(await gq.toArray(), ref.dq, BWD, "dQ");
+  assertClose(await gk.toArray(), ref.dk, BWD, "dK");
+  gq.dispose();
+  gk.dispose();
+});
+
+gpuTest("attentionUnfused agrees with the fused op (forward and gradients)", async () => {
+  for (const c of [CASES[1], CASES[4]]) {
+    const x = inputs(c, 77);
+    const fused = await runGpu(c, x);
+    const unfused = await runGpu(c, x, attentionUnfused);
+    ["O", "dQ", "dK", "dV"].forEach((l, i) =>
+      assertClose(unfused[i], fused[i], BWD, `${l} unfused vs fused ${name(c)}`)
+    );
+  }
+});
+
+gpuTest("attention T=4096 (B=1, H=1, D=64) forward without a T x T buffer", async () => {
+  const c: Case = { B: 1, H: 1, Tq: 4096, Tk: 4096, D: 64, causal: false };
+  const x = inputs(c, 9);
+  const rows = [0, 1, 777, 2048, 4095];
+  const ref = attentionRef(x.q, x.k, x.v, null, c, rows);
+  for (const causal of [false, true]) {
+    const q = tensor(x.q, [1, 1, 4096, 64]);
+    const k = tensor(x.k, [1, 1, 4096, 64]);
+    const v = tensor(x.v, [1, 1, 4096, 64]);
+    const before = poolStats().inUseBytes;
+    const o = attention(q, k, v, { causal });
+    // Only the output is held afterwards (the log-sum-exp is released: no gradient needed).
+    assert.equal(poolStats().inUseBytes - before, sizeClass(4096 * 64 * 4));
+    const got = await o.toArray();
+    const r = causal ? attentionRef(x.q, x.k, x.v, null, { ...c, causal }, rows) : ref;
+    for (const i of rows) {
+      // 4096-term fp32 sums: a little more rounding than the small cases.
+      assertClose(got.subarray(i * 64, i * 64 + 64), r.o.subarray(i * 64, i * 64 + 64), {
+        atol: 5e-5,
+        rtol: 1e-3,
+      }, `row ${i}${causal ? " causal" : ""}`);
+    }
+    [q, k, v, o].forEach((t) => t.dispose());
+  }
+});
+
+gpuTest("attention rejects bad shapes with a clear error", () => {
+  const t = (s: number[]) => tensor(new Float32Array(s.reduce((a, b) => a * b, 1)), s);
+  tidy(() => {
+    assert.throws(() => attention(t([1, 2, 3]), t([1, 2, 3]), t([1, 2, 3])), /q must be/);
+    assert.throws(
+      () => attention(t([1, 2, 3, 4]), t([1, 2, 3, 5]), t([1, 2, 3, 5])),
+      /does not match q/,
+    );
+    assert.throws(
+      () => attention(t([1, 1, 3, 4]), t([1, 1, 5, 4]), t([1, 1, 6, 4])),
+      /v .* must have k's shape/,
+    );
+    assert.throws(
+      () => attention(t([1, 1, 2, 129]), t([1, 1, 2, 129]), t([1, 1, 2, 129])),
+      /head dim D=129/,
+    );
+  });
+});
