@@ -340,6 +340,16 @@ Deno.test("decode: empty, truncated, corrupt and unsupported files give ImageDec
     const badJpg = jpg.slice();
     badJpg.fill(0xff, 400, 440); // markers inside the entropy-coded data
     await expectReadError(await write("bad.jpg", badJpg));
+    // SOF0 precision byte set to 12: refused rather than mis-decoded.
+    const jpg12 = jpg.slice();
+    const sof = jpg12.findIndex((v, i) => v === 0xff && jpg12[i + 1] === 0xc0);
+    jpg12[sof + 4] = 12;
+    await expectReadError(await write("12bit.jpg", jpg12), /12-bit samples/);
+    // A header announcing 100000 x 100000 pixels is refused before allocating.
+    const huge = goodPng.slice();
+    new DataView(huge.buffer).setUint32(16, 100000);
+    new DataView(huge.buffer).setUint32(20, 100000);
+    await expectReadError(await write("huge.png", huge), /more than the \d+ pixels/);
     await expectReadError(
       await write("image.gif", new TextEncoder().encode("GIF89a\x01\x00\x01\x00")),
       /unsupported or unrecognised format/,

@@ -17,7 +17,8 @@
  * gray without alpha is clipped to 255 (PIL opens it as a 32-bit integer image and clips when
  * converting), 1/2/4-bit gray is scaled by 255, 85 or 17, palettes are looked up (16-bit TIFF
  * colour maps keep the high byte; PNG indices past the palette give gray (i, i, i) as PIL's padded
- * palette does), WhiteIsZero is inverted.
+ * palette does), WhiteIsZero is inverted. Like `Image.open`, EXIF orientation and ICC profiles are
+ * not applied.
  */
 import { decode as decodePngLib } from "fast-png";
 import jpeg from "jpeg-js";
@@ -26,8 +27,11 @@ import type { DecodedImage } from "../clip/image.ts";
 
 export type { DecodedImage } from "../clip/image.ts";
 
-/** Largest image accepted, in pixels (guards against absurd headers before allocating). */
-export const MAX_IMAGE_PIXELS = 1 << 28;
+/**
+ * Largest image accepted, in pixels: PIL's decompression-bomb error threshold (twice its default
+ * `Image.MAX_IMAGE_PIXELS`). Checked from the header before anything is allocated.
+ */
+export const MAX_IMAGE_PIXELS = 2 * 89_478_485;
 
 /**
  * Thrown for any input that cannot be decoded: empty, truncated, corrupt, unreadable, or an
@@ -302,6 +306,7 @@ function jpegInfo(bytes: Uint8Array): JpegInfo {
       if (marker === 0xc3 || marker >= 0xc5) {
         fail(`unsupported JPEG: SOF${marker - 0xc0} (lossless, hierarchical or arithmetic coding)`);
       }
+      if (bytes[p + 4] !== 8) fail(`unsupported JPEG: ${bytes[p + 4]}-bit samples (only 8-bit)`);
       const n = bytes[p + 9];
       if (len < 8 + 3 * n) fail("corrupt JPEG: short frame header");
       const ids = Array.from({ length: n }, (_, i) => bytes[p + 10 + 3 * i]);
