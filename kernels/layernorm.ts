@@ -1,0 +1,251 @@
+/**
+ * Layer normalisation over the last axis of a contiguous [rows, n] f32 array:
+ * y = (x - mean) * rstd * w + b with rstd = 1 / sqrt(var + eps) (biased variance, like PyTorch).
+ *
+ * - forward: one workgroup per row (see the row scaffolding in softmax.ts); mean first, then the
+ *   variance as the mean of squared deviations (not E[x^2] - E[x]^2, which cancels badly); writes
+ *   y and per-row stats [rows, 2] = (mean, rstd) for the backward.
+ * - backward dx: one workgroup per row, both row sums in one vec2 tree.
+ * - backward dw/db: a column reduction in two stages: workgroups of 64 columns x 4 row lanes sum
+ *   chunks of rows into partials [chunks, n] (vec2: g * xhat and g), then one invocation per
+ *   column adds the chunks. Deterministic (no atomics).
+ */
+import { type Buf, dispatch, grid, pool } from "./runtime.ts";
+import { Params } from "./wgsl.ts";
+import {
+  cacheUnits,
+  eachUnit,
+  MAX_CACHED_FLOATS,
+  planKey,
+  rowMain,
+  type RowPlan,
+  rowPlan,
+  rowPrelude,
+  treeReduce,
+} from "./softmax.ts";
+
+const codes = new Map<string, string>();
+
+function cached(key: string, make: () => string): string {
+  let c = codes.get(key);
+  if (c === undefined) codes.set(key, c = make());
+  return c;
+}
+
+function forwardCode(plan: RowPlan, hasW: boolean, hasB: boolean): string {
+  let bind = 2;
+  const wDecl = hasW ? `@group(0) @binding(${bind++}) var<storage, read> w: array<V>;` : "";
+  const bDecl = hasB ? `@group(0) @binding(${bind++}) var<storage, read> b: array<V>;` : "";
+  const affine = `(xv - V(mu)) * V(r)${hasW ? " * w[j]" : ""}${hasB ? " + b[j]" : ""}`;
+  return /* wgsl */ `
+${rowPrelude(plan)}
+struct P { rows: u32, units: u32, n: f32, eps: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+${wDecl}
+${bDecl}
+@group(0) @binding(${bind++}) var<storage, read_write> y: array<V>;
+@group(0) @binding(${bind++}) var<storage, read_write> stats: array<vec2<f32>>;
+${treeReduce("rsum", "f32", plan.wg, "a + b")}
+${rowMain(plan)}
+  ${cacheUnits(plan, ["x"])}
+  var s = 0.0;
+  ${eachUnit(plan, ["x"], "s += hsum(xv);")}
+  let mu = rsum(s, li) / p.n;
+  var q = 0.0;
+  ${eachUnit(plan, ["x"], "let dv = xv - V(mu); q += hsum(dv * dv);")}
+  let r = inverseSqrt(rsum(q, li) / p.n + p.eps);
+  ${eachUnit(plan, ["x"], `y[base + j] = ${affine};`)}
+  if (li == 0u) { stats[row] = vec2<f32>(mu, r); }
+}`;
+}
+
+function backwardInputCode(plan: RowPlan, hasW: boolean): string {
+  // With xhat = (x - mean) * rstd and gw = g * w:
+  // dx = rstd * (gw - mean(gw) - xhat * mean(gw * xhat))
+  const wDecl = hasW ? `@group(0) @binding(2) var<storage, read> w: array<V>;` : "";
+  const o = hasW ? 3 : 2;
+  const gw = hasW ? "gv * w[j]" : "gv";
+  return /* wgsl */ `
+${rowPrelude(plan)}
+struct P { rows: u32, units: u32, n: f32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+${wDecl}
+@group(0) @binding(${o}) var<storage, read> g: array<V>;
+@group(0) @binding(${o + 1}) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(${o + 2}) var<storage, read_write> dx: array<V>;
+${treeReduce("rsum2", "vec2<f32>", plan.wg, "a + b")}
+${rowMain(plan)}
+  let st = stats[row];
+  ${cacheUnits(plan, ["x", "g"])}
+  var acc = vec2<f32>(0.0, 0.0);
+  ${
+    eachUnit(
+      plan,
+      ["x", "g"],
+      `let gw = ${gw}; acc += vec2<f32>(hsum(gw), hsum(gw * (xv - V(st.x)) * V(st.y)));`,
+    )
+  }
+  let m = rsum2(acc, li) / p.n;
+  ${
+    eachUnit(
+      plan,
+      ["x", "g"],
+      `let xh = (xv - V(st.x)) * V(st.y); dx[base + j] = V(st.y) * ((${gw}) - V(m.x) - xh * V(m.y));`,
+    )
+  }
+}`;
+}
+
+const COLS = 64; // columns per workgroup in the parameter-gradient reduction
+const LANES = 4; // row lanes per column (COLS * LANES = 256 invocations)
+
+const PARTIAL_CODE = /* wgsl */ `
+struct P { rows: u32, n: u32, rpc: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(2) var<storage, read> g: array<f32>;
+@group(0) @binding(3) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> part: array<vec2<f32>>;
+var<workgroup> red: array<vec2<f32>, ${COLS * LANES}>;
+@compute @workgroup_size(${COLS * LANES})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
+  let c = wg.x * ${COLS}u + li % ${COLS}u;
+  let lane = li / ${COLS}u;
+  let r0 = wg.y * p.rpc;
+  let r1 = min(r0 + p.rpc, p.rows);
+  var acc = vec2<f32>(0.0, 0.0);
+  if (c < p.n) {
+    for (var r = r0 + lane; r < r1; r += ${LANES}u) {
+      let st = stats[r];
+      let gv = g[r * p.n + c];
+      acc += vec2<f32>(gv * (x[r * p.n + c] - st.x) * st.y, gv);
+    }
+  }
+  red[li] = acc;
+  workgroupBarrier();
+  if (lane == 0u && c < p.n) {
+    part[wg.y * p.n + c] = (red[li] + red[li + ${COLS}u]) + (red[li + ${2 * COLS}u] +
+      red[li + ${3 * COLS}u]);
+  }
+}`;
+
+function finalCode(hasW: boolean, hasB: boolean): string {
+  const outs: string[] = [];
+  const writes: string[] = [];
+  if (hasW) {
+    outs.push(`@group(0) @binding(2) var<storage, read_write> dw: array<f32>;`);
+    writes.push("dw[c] = acc.x;");
+  }
+  if (hasB) {
+    outs.push(
+      `@group(0) @binding(${hasW ? 3 : 2}) var<storage, read_write> db: array<f32>;`,
+    );
+    writes.push("db[c] = acc.y;");
+  }
+  return /* wgsl */ `
+struct P { n: u32, chunks: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> part: array<vec2<f32>>;
+${outs.join("\n")}
+@compute @workgroup_size(256)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let c = gid.x;
+  if (c >= p.n) { return; }
+  var acc = vec2<f32>(0.0, 0.0);
+  for (var k = 0u; k < p.chunks; k++) { acc += part[k * p.n + c]; }
+  ${writes.join(" ")}
+}`;
+}
+
+/**
+ * Forward layer norm of [rows, n] `x` into `y`, with optional per-column `w` and `b` ([n]);
+ * writes `stats` [rows, 2] = (mean, rstd) for {@link layerNormBackwardInput} /
+ * {@link layerNormBackwardParams}. `maxFloats` is a test hook (see `rowPlan`).
+ */
+export function layerNormForward(
+  x: Buf,
+  w: Buf | null,
+  b: Buf | null,
+  y: Buf,
+  stats: Buf,
+  rows: number,
+  n: number,
+  eps: number,
+  maxFloats = MAX_CACHED_FLOATS,
+): void {
+  if (rows === 0 || n === 0) return;
+  const plan = rowPlan(n, maxFloats);
+  const name = `layernorm_${planKey(plan)}${w ? "_w" : ""}${b ? "_b" : ""}`;
+  const code = cached(name, () => forwardCode(plan, w !== null, b !== null));
+  const bufs = [x, ...(w ? [w] : []), ...(b ? [b] : []), y, stats];
+  const params = new Params().u32(rows, plan.units).f32(n, eps).build();
+  dispatch(name, code, bufs, params, grid(rows));
+}
+
+/** dx of layer norm from `x`, optional `w`, output gradient `g` and the forward's `stats`. */
+export function layerNormBackwardInput(
+  x: Buf,
+  w: Buf | null,
+  g: Buf,
+  stats: Buf,
+  dx: Buf,
+  rows: number,
+  n: number,
+  maxFloats = MAX_CACHED_FLOATS,
+): void {
+  if (rows === 0 || n === 0) return;
+  const plan = rowPlan(n, maxFloats);
+  const name = `layernorm_grad_x_${planKey(plan)}${w ? "_w" : ""}`;
+  const code = cached(name, () => backwardInputCode(plan, w !== null));
+  const bufs = [x, ...(w ? [w] : []), g, stats, dx];
+  dispatch(name, code, bufs, new Params().u32(rows, plan.units).f32(n).build(), grid(rows));
+}
+
+/**
+ * dw[c] = sum_r g[r, c] * xhat[r, c] and db[c] = sum_r g[r, c] (either may be null: not computed).
+ * Uses a temporary buffer of chunks * n vec2 partials from the pool.
+ */
+export function layerNormBackwardParams(
+  x: Buf,
+  g: Buf,
+  stats: Buf,
+  dw: Buf | null,
+  db: Buf | null,
+  rows: number,
+  n: number,
+): void {
+  if (n === 0 || (!dw && !db)) return;
+  // Rows per chunk: 64, more when there are so many rows that the chunk count would pass the
+  // grid limit. The chunk count times the column blocks gives the parallelism.
+  const maxY = 65535;
+  const rpc = Math.max(64, Math.ceil(rows / maxY));
+  const chunks = Math.max(1, Math.ceil(rows / rpc));
+  const colBlocks = Math.ceil(n / COLS);
+  if (colBlocks > maxY) throw new RangeError(`layerNorm: ${n} columns exceed the grid limit`);
+  const part = pool.acquire(chunks * n * 8);
+  try {
+    // With rows = 0 the one chunk is empty and the partials (hence dw, db) are zeros.
+    dispatch(
+      "layernorm_grad_wb_partial",
+      PARTIAL_CODE,
+      [x, g, stats, part],
+      new Params().u32(rows, n, rpc).build(),
+      [colBlocks, chunks],
+    );
+    const key = `layernorm_grad_wb_final${dw ? "_w" : ""}${db ? "_b" : ""}`;
+    const code = cached(key, () => finalCode(dw !== null, db !== null));
+    const outs = [...(dw ? [dw] : []), ...(db ? [db] : [])];
+    dispatch(
+      key,
+      code,
+      [part, ...outs],
+      new Params().u32(n, chunks).build(),
+      [Math.ceil(n / 256)],
+    );
+  } finally {
+    // Safe while the dispatches are only recorded: later work is ordered after them.
+    pool.release(part);
+  }
+}

@@ -1,0 +1,262 @@
+/**
+ * Softmax and log-softmax over the last axis (forward and backward), and the scaffolding every
+ * "row" kernel shares (layernorm, l2norm and cross-entropy import it from here).
+ *
+ * A row kernel launches one workgroup per row of a contiguous [rows, n] array. When n % 4 == 0 the
+ * row is read as vec4 "units", otherwise as f32 units. Invocation `li` owns units li, li + WG, ...
+ * (coalesced). When the row fits (at most {@link MAX_CACHED_FLOATS} floats per invocation per
+ * array), each invocation loads its units into registers once and every later pass reuses them, so
+ * a fused softmax reads the row once and writes it once. Longer rows are streamed: each pass reads
+ * the row again (softmax then uses an online max/sum so it needs only two reads).
+ * Row-wide sums/maxima go through a tree in workgroup memory.
+ */
+import { type Buf, dispatch, grid } from "./runtime.ts";
+import { FLAT_WG, Params } from "./wgsl.ts";
+
+/** How a row kernel covers a row of `n` floats. */
+export interface RowPlan {
+  /** Row length in floats. */
+  n: number;
+  /** Units are vec4<f32> (n % 4 == 0) rather than f32. */
+  vec: boolean;
+  /** Units per row (n / 4 or n). */
+  units: number;
+  /** Invocations per workgroup (32 ... 256, a power of two). */
+  wg: number;
+  /** Units each invocation keeps in registers; 0 means the row is streamed from memory. */
+  vpt: number;
+}
+
+/** Floats of one array an invocation may keep in registers before the row is streamed. */
+export const MAX_CACHED_FLOATS = 32;
+
+/**
+ * Plan a row kernel for rows of `n` floats: vec4 units when n % 4 == 0, the smallest power-of-two
+ * workgroup (32 to 256) covering the units, and register caching when the row fits.
+ * `maxFloats` lowers the cache (0 forces streaming; tests use it to exercise that path).
+ */
+export function rowPlan(n: number, maxFloats = MAX_CACHED_FLOATS): RowPlan {
+  const vec = n > 0 && n % 4 === 0;
+  const units = vec ? n / 4 : n;
+  let wg = 32;
+  while (wg < units && wg < 256) wg *= 2;
+  const vpt = Math.max(1, Math.ceil(units / wg));
+  return { n, vec, units, wg, vpt: vpt * (vec ? 4 : 1) <= maxFloats ? vpt : 0 };
+}
+
+/** A short key of a plan, for kernel names and caches. */
+export function planKey(plan: RowPlan): string {
+  return `${plan.vec ? "v4" : "f1"}_wg${plan.wg}_c${plan.vpt}`;
+}
+
+/**
+ * WGSL shared by row kernels: `alias V` (the unit type), `hsum(V)`, `hmax(V)` (horizontal sum
+ * and max of a unit).
+ */
+export function rowPrelude(plan: RowPlan): string {
+  return /* wgsl */ `
+alias V = ${plan.vec ? "vec4<f32>" : "f32"};
+fn hsum(v: V) -> f32 { return ${plan.vec ? "(v.x + v.y) + (v.z + v.w)" : "v"}; }
+fn hmax(v: V) -> f32 { return ${plan.vec ? "max(max(v.x, v.y), max(v.z, v.w))" : "v"}; }`;
+}
+
+/**
+ * WGSL for `fn <name>(v: <ty>, li: u32) -> <ty>`: combines `v` over the workgroup with `combine`
+ * (an expression over `a` and `b`, associative) through a tree in workgroup memory, and returns
+ * the result to every invocation. Must be called in uniform control flow; callable repeatedly.
+ */
+export function treeReduce(name: string, ty: string, wg: number, combine: string): string {
+  return /* wgsl */ `
+var<workgroup> ${name}_buf: array<${ty}, ${wg}>;
+fn ${name}_op(a: ${ty}, b: ${ty}) -> ${ty} { return ${combine}; }
+fn ${name}(v: ${ty}, li: u32) -> ${ty} {
+  ${name}_buf[li] = v;
+  workgroupBarrier();
+  for (var s = ${wg / 2}u; s > 0u; s >>= 1u) {
+    if (li < s) { ${name}_buf[li] = ${name}_op(${name}_buf[li], ${name}_buf[li + s]); }
+    workgroupBarrier();
+  }
+  let r = ${name}_buf[0];
+  workgroupBarrier(); // the buffer may be reused by the next call
+  return r;
+}`;
+}
+
+/**
+ * Load this invocation's units of each array in `arrays` into registers `<a>0, <a>1, ...`
+ * (cached plans; nothing for streamed ones). Needs `li`, `base` (row * p.units) and `p.units`.
+ */
+export function cacheUnits(plan: RowPlan, arrays: string[]): string {
+  if (plan.vpt === 0) return "";
+  const lines: string[] = [];
+  for (let k = 0; k < plan.vpt; k++) {
+    const j = `li + ${k * plan.wg}u`;
+    lines.push(arrays.map((a) => `var ${a}${k} = V(0.0);`).join(" "));
+    lines.push(
+      `if (${j} < p.units) { ${arrays.map((a) => `${a}${k} = ${a}[base + ${j}];`).join(" ")} }`,
+    );
+  }
+  return lines.join("\n  ");
+}
+
+/**
+ * Run `body` once for every unit this invocation owns, with `j` (unit index within the row) and
+ * `<a>v` (that unit of array `a`) in scope: from registers for cached plans (see
+ * {@link cacheUnits}), read from memory for streamed ones.
+ */
+export function eachUnit(plan: RowPlan, arrays: string[], body: string): string {
+  if (plan.vpt > 0) {
+    const out: string[] = [];
+    for (let k = 0; k < plan.vpt; k++) {
+      const j = `li + ${k * plan.wg}u`;
+      out.push(
+        `if (${j} < p.units) { let j = ${j}; ${
+          arrays.map((a) => `let ${a}v = ${a}${k};`).join(" ")
+        } ${body} }`,
+      );
+    }
+    return out.join("\n  ");
+  }
+  return `for (var j = li; j < p.units; j += ${plan.wg}u) { ${
+    arrays.map((a) => `let ${a}v = ${a}[base + j];`).join(" ")
+  } ${body} }`;
+}
+
+/** The entry point's signature and the row index / early exit every row kernel starts with. */
+export function rowMain(plan: RowPlan): string {
+  return /* wgsl */ `
+@compute @workgroup_size(${plan.wg})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let row = ${FLAT_WG};
+  if (row >= p.rows) { return; } // uniform: the whole workgroup leaves together
+  let base = row * p.units;`;
+}
+
+/** Most negative finite f32: the identity of max that still gives exp(init - init) = 1, not NaN. */
+export const NEG_BIG = "-3.4028234e38";
+
+/** Combine two (max, sum of exp(x - max)) pairs into one. */
+const LSE_COMBINE =
+  "vec2<f32>(max(a.x, b.x), a.y * exp(a.x - max(a.x, b.x)) + b.y * exp(b.x - max(a.x, b.x)))";
+
+/**
+ * WGSL that leaves `m` (row max) and `s` (sum of exp(x - m)) for the row of `x` in every
+ * invocation: two register passes when cached, one online pass when streamed. Declares `lse`'s
+ * tree helper through {@link lseReduceDecl}.
+ */
+export function rowLogSumExp(plan: RowPlan, extra = ""): string {
+  const local = plan.vpt > 0
+    ? `${eachUnit(plan, ["x"], "lm = max(lm, hmax(xv));")}
+  ${eachUnit(plan, ["x"], `ls += hsum(exp(xv - V(lm))); ${extra}`)}`
+    : eachUnit(
+      plan,
+      ["x"],
+      `let mn = max(lm, hmax(xv)); ls = ls * exp(lm - mn) + hsum(exp(xv - V(mn))); lm = mn; ${extra}`,
+    );
+  return /* wgsl */ `
+  var lm = ${NEG_BIG};
+  var ls = 0.0;
+  ${local}`;
+}
+
+/** Declaration of the `lse(vec2(max, sum), li)` tree used with {@link rowLogSumExp}. */
+export function lseReduceDecl(wg: number): string {
+  return treeReduce("lse", "vec2<f32>", wg, LSE_COMBINE);
+}
+
+// ---- softmax --------------------------------------------------------------------------------
+
+const codes = new Map<string, string>();
+
+function cached(key: string, make: () => string): string {
+  let c = codes.get(key);
+  if (c === undefined) codes.set(key, c = make());
+  return c;
+}
+
+function forwardCode(plan: RowPlan, log: boolean): string {
+  const write = log
+    ? `let lsum = log(r.y);
+  ${eachUnit(plan, ["x"], "y[base + j] = (xv - V(r.x)) - V(lsum);")}`
+    : `let inv = 1.0 / r.y;
+  ${eachUnit(plan, ["x"], "y[base + j] = exp(xv - V(r.x)) * inv;")}`;
+  return /* wgsl */ `
+${rowPrelude(plan)}
+struct P { rows: u32, units: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> x: array<V>;
+@group(0) @binding(2) var<storage, read_write> y: array<V>;
+${lseReduceDecl(plan.wg)}
+${rowMain(plan)}
+  ${cacheUnits(plan, ["x"])}
+  ${rowLogSumExp(plan)}
+  let r = lse(vec2<f32>(lm, ls), li);
+  ${write}
+}`;
+}
+
+function backwardCode(plan: RowPlan, log: boolean): string {
+  // softmax:     dx = y * (g - sum(g * y))
+  // log-softmax: dx = g - exp(y) * sum(g)          (y = log-softmax output)
+  return /* wgsl */ `
+${rowPrelude(plan)}
+struct P { rows: u32, units: u32 }
+@group(0) @binding(0) var<uniform> p: P;
+@group(0) @binding(1) var<storage, read> y: array<V>;
+@group(0) @binding(2) var<storage, read> g: array<V>;
+@group(0) @binding(3) var<storage, read_write> dx: array<V>;
+${treeReduce("rsum", "f32", plan.wg, "a + b")}
+${rowMain(plan)}
+  ${cacheUnits(plan, ["y", "g"])}
+  var d = 0.0;
+  ${eachUnit(plan, ["y", "g"], log ? "d += hsum(gv);" : "d += hsum(gv * yv);")}
+  d = rsum(d, li);
+  ${
+    eachUnit(
+      plan,
+      ["y", "g"],
+      log ? "dx[base + j] = gv - exp(yv) * V(d);" : "dx[base + j] = yv * (gv - V(d));",
+    )
+  }
+}`;
+}
+
+/**
+ * y = softmax(x) (or log-softmax with `log`) over each row of a contiguous [rows, n] f32 array.
+ * Numerically stable (the row max is subtracted). `maxFloats` is a test hook (see {@link rowPlan}).
+ */
+export function softmaxForward(
+  x: Buf,
+  y: Buf,
+  rows: number,
+  n: number,
+  log: boolean,
+  maxFloats = MAX_CACHED_FLOATS,
+): void {
+  if (rows === 0 || n === 0) return;
+  const plan = rowPlan(n, maxFloats);
+  const name = `${log ? "log_softmax" : "softmax"}_${planKey(plan)}`;
+  const code = cached(name, () => forwardCode(plan, log));
+  dispatch(name, code, [x, y], new Params().u32(rows, plan.units).build(), grid(rows));
+}
+
+/**
+ * dx from the forward output `y` and the output gradient `g`, each [rows, n]: the softmax (or,
+ * with `log`, log-softmax) vector-Jacobian product.
+ */
+export function softmaxBackward(
+  y: Buf,
+  g: Buf,
+  dx: Buf,
+  rows: number,
+  n: number,
+  log: boolean,
+  maxFloats = MAX_CACHED_FLOATS,
+): void {
+  if (rows === 0 || n === 0) return;
+  const plan = rowPlan(n, maxFloats);
+  const name = `${log ? "log_softmax" : "softmax"}_grad_${planKey(plan)}`;
+  const code = cached(name, () => backwardCode(plan, log));
+  dispatch(name, code, [y, g, dx], new Params().u32(rows, plan.units).build(), grid(rows));
+}
