@@ -1,14 +1,27 @@
 /**
- * Batched matrix product C[b] = op(A[b]) op(B[b]) (+ bias) with arbitrary strides, so transposes
- * and broadcast batches cost nothing: A's element (m, k) of batch b lives at
- * `b * sab + m * sam + k * sak`, B's (k, n) at `b * sbb + k * sbk + n * sbn`, C is contiguous
+ * Batched matrix product C[b] = act(alpha * op(A[b]) op(B[b]) + bias) with arbitrary strides, so
+ * transposes and broadcast batches cost no copies: A's element (m, k) of batch b lives at
+ * `b * sab + m * sam + k * sak`, B's (k, n) at `b * sbb + k * sbk + n * sbn`; C is contiguous
  * [batch, M, N].
  *
- * Register-blocked: each invocation computes a TM x TN block of C, reading TM values of A and TN of
- * B per step of k; the block shape is a parameter so each adapter can get its own.
+ * Two kernel families, chosen per adapter by `tune.ts`:
+ * - `register` (CPU rasterisers such as llvmpipe): invocations are SIMD lanes spread along N; each
+ *   computes TM x TN outputs straight from storage buffers. Every lane of a workgroup reads the
+ *   same A addresses, so llvmpipe emits one scalar load for them instead of a per-lane loop.
+ * - `shared` (GPUs): the workgroup stages tiles of A and B in workgroup memory; each invocation
+ *   computes TM x TN outputs from them.
+ *
+ * Both read vec4s wherever the layout allows it (the contiguous axis has stride 1, the other
+ * strides and that axis's size are multiples of 4) and fall back to scalar loads otherwise, so
+ * every size and stride is correct and aligned ones are fast. Out-of-range rows and columns are
+ * clamped to valid addresses (register) or zero-filled (shared) and never stored.
  */
+import { gpu } from "./device.ts";
 import { type Buf, dispatch } from "./runtime.ts";
-import { Params } from "./wgsl.ts";
+import { type MatmulTile, matmulTile } from "./tune.ts";
+import { ERF_WGSL, Params } from "./wgsl.ts";
+
+export type { MatmulTile } from "./tune.ts";
 
 /** Sizes and strides of one batched matmul. */
 export interface MatmulDims {
@@ -26,61 +39,382 @@ export interface MatmulDims {
   sbn: number;
 }
 
-/** Tile parameters: the workgroup is WX x WY invocations, each computing TM x TN outputs. */
-export interface MatmulTile {
-  TM: number;
-  TN: number;
-  WX: number;
-  WY: number;
-}
-
-/** A block shape that runs well on most adapters; `kernels/tune.ts` may choose another. */
+/** A block shape that works on any adapter; `kernels/tune.ts` chooses per adapter and shape. */
 export const DEFAULT_TILE: MatmulTile = { TM: 4, TN: 4, WX: 8, WY: 8 };
 
-function code(t: MatmulTile, bias: boolean): string {
-  const { TM, TN, WX, WY } = t;
-  return /* wgsl */ `
-struct P { M: u32, N: u32, K: u32, sab: u32, sam: u32, sak: u32, sbb: u32, sbk: u32, sbn: u32 }
-@group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> A: array<f32>;
-@group(0) @binding(2) var<storage, read> B: array<f32>;
-${bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
-@group(0) @binding(3) var<storage, read_write> C: array<f32>;
+/** Activations the epilogue can apply (same formulas as the elementwise ops). */
+export type MatmulActivation =
+  | "none"
+  | "relu"
+  | "leaky_relu"
+  | "gelu"
+  | "gelu_tanh"
+  | "quick_gelu"
+  | "sigmoid"
+  | "tanh";
+
+/** Applied to each output before it is stored: `act(alpha * sum + bias[n])`. */
+export interface MatmulEpilogue {
+  /** Scale of the product (default 1), e.g. 1/sqrt(d) for attention scores. */
+  alpha?: number;
+  /** Activation (default none). */
+  activation?: MatmulActivation;
+  /** Negative slope of `leaky_relu` (default 0.01). */
+  slope?: number;
+}
+
+/** How A is read: vec4 along k or m, or scalars (k- or m-contiguous, for the load pattern). */
+export type AMode = "vk" | "vm" | "sk" | "sm";
+/** How B is read: vec4 along n or k, or scalars (n- or k-contiguous). */
+export type BMode = "vn" | "vk" | "sn" | "sk";
+
+const ACT: Record<MatmulActivation, string> = {
+  none: "v",
+  relu: "max(v, 0.0)",
+  leaky_relu: "select(v * p.slope, v, v >= 0.0)",
+  gelu: "0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752))",
+  gelu_tanh: "0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))",
+  quick_gelu: "v / (1.0 + exp(-1.702 * v))",
+  sigmoid: "1.0 / (1.0 + exp(-v))",
+  tanh: "tanh(v)",
+};
+
+/** `x` is a multiple of 4, or irrelevant because the axis it strides has extent 1. */
+function al(x: number, extent: number): boolean {
+  return x % 4 === 0 || extent === 1;
+}
+
+/** The load modes a kernel for `d` can use with tile `t` (vec4 only where aligned). */
+export function matmulModes(d: MatmulDims, t: MatmulTile): { a: AMode; b: BMode } {
+  const shared = t.kind === "shared";
+  const bk = t.BK ?? 8;
+  let a: AMode;
+  if (d.sak === 1 && d.K % 4 === 0 && al(d.sam, d.M) && al(d.sab, d.batch) && bk % 4 === 0) {
+    a = "vk";
+  } else if (
+    d.sam === 1 && d.M % 4 === 0 && al(d.sak, d.K) && al(d.sab, d.batch) &&
+    (shared ? (t.WY * t.TM) % 4 === 0 : t.TM % 4 === 0)
+  ) a = "vm";
+  else a = d.sak === 1 ? "sk" : "sm";
+  let b: BMode;
+  if (
+    d.sbn === 1 && d.N % 4 === 0 && al(d.sbk, d.K) && al(d.sbb, d.batch) &&
+    (shared ? (t.WX * t.TN) % 4 === 0 : t.TN % 4 === 0)
+  ) b = "vn";
+  else if (
+    d.sbk === 1 && d.K % 4 === 0 && al(d.sbn, d.N) && al(d.sbb, d.batch) && bk % 4 === 0
+  ) b = "vk";
+  else b = d.sbn === 1 ? "sn" : "sk";
+  return { a, b };
+}
+
+interface Variant {
+  t: MatmulTile;
+  a: AMode;
+  b: BMode;
+  /** Store C as vec4 (N % 4 == 0 and the per-invocation columns are vec4-aligned). */
+  cv: boolean;
+  bias: boolean;
+  act: MatmulActivation;
+}
+
+const HEADER = /* wgsl */ `
+struct P {
+  M: u32, N: u32, K: u32, sab: u32, sam: u32, sak: u32, sbb: u32, sbk: u32, sbn: u32,
+  alpha: f32, slope: f32, wx0: u32, wy0: u32, wz0: u32,
+}
+@group(0) @binding(0) var<uniform> p: P;`;
+
+function bindings(v: Variant): string {
+  const ty = (vec: boolean) => (vec ? "vec4<f32>" : "f32");
+  return `${HEADER}
+@group(0) @binding(1) var<storage, read> A: array<${ty(v.a[0] === "v")}>;
+@group(0) @binding(2) var<storage, read> B: array<${ty(v.b[0] === "v")}>;
+@group(0) @binding(3) var<storage, read_write> C: array<${ty(v.cv)}>;
+${v.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
+${v.act === "gelu" ? ERF_WGSL : ""}
+fn epi(x: f32, n: u32) -> f32 {
+  let v = x * p.alpha${v.bias ? " + bias[n]" : ""};
+  return ${ACT[v.act]};
+}`;
+}
+
+/** Stores of a TM x TN block held in scalars `c{i}_{j}` (rows m0+i, columns n0+j). */
+function stores(v: Variant, TM: number, TN: number): string {
+  const out: string[] = [];
+  for (let i = 0; i < TM; i++) {
+    out.push(`if (m0 + ${i}u < p.M) {`);
+    out.push(`  let r${i} = (b * p.M + m0 + ${i}u) * p.N;`);
+    if (v.cv) {
+      for (let j = 0; j < TN; j += 4) {
+        const e = [0, 1, 2, 3].map((q) => `epi(c${i}_${j + q}, min(n0 + ${j + q}u, p.N - 1u))`);
+        out.push(`  if (n0 + ${j}u < p.N) { C[(r${i} + n0 + ${j}u) / 4u] = vec4<f32>(${e}); }`);
+      }
+    } else {
+      for (let j = 0; j < TN; j++) {
+        out.push(
+          `  if (n0 + ${j}u < p.N) { C[r${i} + n0 + ${j}u] = epi(c${i}_${j}, n0 + ${j}u); }`,
+        );
+      }
+    }
+    out.push("}");
+  }
+  return out.join("\n  ");
+}
+
+/**
+ * The register kernel. With WY == 1 the row block depends only on the workgroup id, so A's
+ * addresses are the same in every lane (uniform) and llvmpipe loads them once.
+ */
+function registerCode(v: Variant): string {
+  const { TM, TN, WX, WY } = v.t;
+  const KS = v.a === "vk" || v.b === "vk" ? 4 : 1;
+  const L: string[] = [];
+  const rowOf = WY === 1 ? `(wg.y + p.wy0) * ${TM}u` : `((wg.y + p.wy0) * ${WY}u + lid.y) * ${TM}u`;
+  L.push(`let b = wg.z + p.wz0;`);
+  L.push(`let m0 = ${rowOf};`);
+  L.push(`let n0 = ((wg.x + p.wx0) * ${WX}u + lid.x) * ${TN}u;`);
+  // Per-row / per-column base addresses (clamped: out-of-range results are never stored).
+  if (v.a === "vm") {
+    for (let i = 0; i < TM; i += 4) L.push(`let mq${i} = min((m0 + ${i}u) / 4u, p.M / 4u - 1u);`);
+  } else {
+    for (let i = 0; i < TM; i++) {
+      const base = `b * p.sab + min(m0 + ${i}u, p.M - 1u) * p.sam`;
+      L.push(`let ra${i} = ${v.a === "vk" ? `(${base}) / 4u` : base};`);
+    }
+  }
+  if (v.b === "vn") {
+    for (let j = 0; j < TN; j += 4) {
+      L.push(`let cb${j} = (b * p.sbb) / 4u + min((n0 + ${j}u) / 4u, p.N / 4u - 1u);`);
+    }
+  } else {
+    for (let j = 0; j < TN; j++) {
+      const base = `b * p.sbb + min(n0 + ${j}u, p.N - 1u) * p.sbn`;
+      L.push(`let cb${j} = ${v.b === "vk" ? `(${base}) / 4u` : base};`);
+    }
+  }
+  for (let i = 0; i < TM; i++) {
+    L.push(Array.from({ length: TN }, (_, j) => `var c${i}_${j} = 0.0;`).join(" "));
+  }
+  const body: string[] = [];
+  // a{i}_{kk}: A(m0+i, k+kk); b{kk}_{j}: B(k+kk, n0+j).
+  const aName: string[][] = [], bName: string[][] = [];
+  for (let i = 0; i < TM; i++) aName.push([]);
+  for (let kk = 0; kk < KS; kk++) bName.push([]);
+  if (v.a === "vk") {
+    for (let i = 0; i < TM; i++) {
+      body.push(`let av${i} = A[ra${i} + k / 4u];`);
+      for (let kk = 0; kk < KS; kk++) aName[i][kk] = `av${i}[${kk}]`;
+    }
+  } else if (v.a === "vm") {
+    for (let kk = 0; kk < KS; kk++) {
+      body.push(`let ak${kk} = (b * p.sab + (k + ${kk}u) * p.sak) / 4u;`);
+      for (let i = 0; i < TM; i += 4) {
+        body.push(`let av${i}_${kk} = A[ak${kk} + mq${i}];`);
+        for (let q = 0; q < 4; q++) aName[i + q][kk] = `av${i}_${kk}[${q}]`;
+      }
+    }
+  } else {
+    for (let i = 0; i < TM; i++) {
+      for (let kk = 0; kk < KS; kk++) {
+        body.push(`let a${i}_${kk} = A[ra${i} + (k + ${kk}u) * p.sak];`);
+        aName[i][kk] = `a${i}_${kk}`;
+      }
+    }
+  }
+  if (v.b === "vn") {
+    for (let kk = 0; kk < KS; kk++) {
+      body.push(`let bk${kk} = ((k + ${kk}u) * p.sbk) / 4u;`);
+      for (let j = 0; j < TN; j += 4) {
+        body.push(`let bv${kk}_${j} = B[cb${j} + bk${kk}];`);
+        for (let q = 0; q < 4; q++) bName[kk][j + q] = `bv${kk}_${j}[${q}]`;
+      }
+    }
+  } else if (v.b === "vk") {
+    for (let j = 0; j < TN; j++) {
+      body.push(`let bv${j} = B[cb${j} + k / 4u];`);
+      for (let kk = 0; kk < KS; kk++) bName[kk][j] = `bv${j}[${kk}]`;
+    }
+  } else {
+    for (let kk = 0; kk < KS; kk++) {
+      for (let j = 0; j < TN; j++) {
+        body.push(`let b${kk}_${j} = B[cb${j} + (k + ${kk}u) * p.sbk];`);
+        bName[kk][j] = `b${kk}_${j}`;
+      }
+    }
+  }
+  for (let kk = 0; kk < KS; kk++) {
+    for (let i = 0; i < TM; i++) {
+      for (let j = 0; j < TN; j++) {
+        body.push(`c${i}_${j} = fma(${aName[i][kk]}, ${bName[kk][j]}, c${i}_${j});`);
+      }
+    }
+  }
+  return /* wgsl */ `${bindings(v)}
 @compute @workgroup_size(${WX}, ${WY})
-fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
-  let m0 = gid.y * ${TM}u;
-  let n0 = gid.x * ${TN}u;
-  if (m0 >= p.M || n0 >= p.N) { return; }
-  let b = gid.z;
-  var acc: array<array<f32, ${TN}>, ${TM}>;
-  var ra: array<u32, ${TM}>;
-  var rb: array<u32, ${TN}>;
-  // Clamp out-of-range rows/columns to a valid address; their results are never stored.
-  for (var i = 0u; i < ${TM}u; i++) { ra[i] = b * p.sab + min(m0 + i, p.M - 1u) * p.sam; }
-  for (var j = 0u; j < ${TN}u; j++) { rb[j] = b * p.sbb + min(n0 + j, p.N - 1u) * p.sbn; }
-  for (var k = 0u; k < p.K; k++) {
-    var a: array<f32, ${TM}>;
-    var bv: array<f32, ${TN}>;
-    for (var i = 0u; i < ${TM}u; i++) { a[i] = A[ra[i] + k * p.sak]; }
-    for (var j = 0u; j < ${TN}u; j++) { bv[j] = B[rb[j] + k * p.sbk]; }
-    for (var i = 0u; i < ${TM}u; i++) {
-      for (var j = 0u; j < ${TN}u; j++) { acc[i][j] = fma(a[i], bv[j], acc[i][j]); }
-    }
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  ${L.join("\n  ")}
+  for (var k = 0u; k < p.K; k += ${KS}u) {
+    ${body.join("\n    ")}
   }
-  for (var i = 0u; i < ${TM}u; i++) {
-    let m = m0 + i;
-    if (m >= p.M) { break; }
-    for (var j = 0u; j < ${TN}u; j++) {
-      let n = n0 + j;
-      if (n >= p.N) { break; }
-      C[(b * p.M + m) * p.N + n] = acc[i][j]${bias ? " + bias[n]" : ""};
-    }
-  }
+  ${stores(v, TM, TN)}
 }`;
 }
 
 /**
- * Record C = A B (+ bias[N]) for the given dims. `c` must hold batch * M * N floats.
+ * The workgroup-memory kernel: per step of BK, the WX*WY invocations copy a BM x BK tile of A
+ * (stored k-major, As[kk][m]) and a BK x BN tile of B (Bs[kk][n]) with zero fill outside the
+ * matrices, then each accumulates its TM x TN block (rows ty*TM.., columns tx*TN..).
+ */
+function sharedCode(v: Variant): string {
+  const { TM, TN, WX, WY } = v.t;
+  const BK = v.t.BK ?? 8;
+  const BM = WY * TM, BN = WX * TN, T = WX * WY;
+  const L: string[] = [];
+  // ---- global -> workgroup memory, per operand; `e` enumerates the tile's elements/vec4s.
+  const loadA: string[] = [];
+  if (v.a === "vk") {
+    const n = (BM * BK) / 4;
+    loadA.push(`for (var e = li; e < ${n}u; e += ${T}u) {`);
+    loadA.push(`  let row = e / ${BK / 4}u; let kq = e % ${BK / 4}u;`);
+    loadA.push(`  let m = mt + row; let k = k0 + kq * 4u;`);
+    loadA.push(`  var x = vec4<f32>();`);
+    loadA.push(`  if (m < p.M && k < p.K) { x = A[(b * p.sab + m * p.sam + k) / 4u]; }`);
+    loadA.push(`  for (var q = 0u; q < 4u; q++) { As[(kq * 4u + q) * ${BM}u + row] = x[q]; }`);
+    loadA.push(`}`);
+  } else if (v.a === "vm") {
+    const n = (BM * BK) / 4;
+    loadA.push(`for (var e = li; e < ${n}u; e += ${T}u) {`);
+    loadA.push(`  let kk = e / ${BM / 4}u; let mq = e % ${BM / 4}u;`);
+    loadA.push(`  let m = mt + mq * 4u; let k = k0 + kk;`);
+    loadA.push(`  var x = vec4<f32>();`);
+    loadA.push(`  if (m < p.M && k < p.K) { x = A[(b * p.sab + k * p.sak + m) / 4u]; }`);
+    loadA.push(`  for (var q = 0u; q < 4u; q++) { As[kk * ${BM}u + mq * 4u + q] = x[q]; }`);
+    loadA.push(`}`);
+  } else {
+    // Consecutive invocations read consecutive addresses along the contiguous axis.
+    const idx = v.a === "sk"
+      ? `let row = e / ${BK}u; let kk = e % ${BK}u;`
+      : `let kk = e / ${BM}u; let row = e % ${BM}u;`;
+    loadA.push(`for (var e = li; e < ${BM * BK}u; e += ${T}u) {`);
+    loadA.push(`  ${idx}`);
+    loadA.push(`  let m = mt + row; let k = k0 + kk;`);
+    loadA.push(`  var x = 0.0;`);
+    loadA.push(`  if (m < p.M && k < p.K) { x = A[b * p.sab + m * p.sam + k * p.sak]; }`);
+    loadA.push(`  As[kk * ${BM}u + row] = x;`);
+    loadA.push(`}`);
+  }
+  const loadB: string[] = [];
+  if (v.b === "vn") {
+    const n = (BN * BK) / 4;
+    loadB.push(`for (var e = li; e < ${n}u; e += ${T}u) {`);
+    loadB.push(`  let kk = e / ${BN / 4}u; let nq = e % ${BN / 4}u;`);
+    loadB.push(`  let n = nt + nq * 4u; let k = k0 + kk;`);
+    loadB.push(`  var x = vec4<f32>();`);
+    loadB.push(`  if (n < p.N && k < p.K) { x = B[(b * p.sbb + k * p.sbk + n) / 4u]; }`);
+    loadB.push(`  for (var q = 0u; q < 4u; q++) { Bs[kk * ${BN}u + nq * 4u + q] = x[q]; }`);
+    loadB.push(`}`);
+  } else if (v.b === "vk") {
+    const n = (BN * BK) / 4;
+    loadB.push(`for (var e = li; e < ${n}u; e += ${T}u) {`);
+    loadB.push(`  let col = e / ${BK / 4}u; let kq = e % ${BK / 4}u;`);
+    loadB.push(`  let n = nt + col; let k = k0 + kq * 4u;`);
+    loadB.push(`  var x = vec4<f32>();`);
+    loadB.push(`  if (n < p.N && k < p.K) { x = B[(b * p.sbb + n * p.sbn + k) / 4u]; }`);
+    loadB.push(`  for (var q = 0u; q < 4u; q++) { Bs[(kq * 4u + q) * ${BN}u + col] = x[q]; }`);
+    loadB.push(`}`);
+  } else {
+    const idx = v.b === "sk"
+      ? `let col = e / ${BK}u; let kk = e % ${BK}u;`
+      : `let kk = e / ${BN}u; let col = e % ${BN}u;`;
+    loadB.push(`for (var e = li; e < ${BN * BK}u; e += ${T}u) {`);
+    loadB.push(`  ${idx}`);
+    loadB.push(`  let n = nt + col; let k = k0 + kk;`);
+    loadB.push(`  var x = 0.0;`);
+    loadB.push(`  if (n < p.N && k < p.K) { x = B[b * p.sbb + k * p.sbk + n * p.sbn]; }`);
+    loadB.push(`  Bs[kk * ${BN}u + col] = x;`);
+    loadB.push(`}`);
+  }
+  const acc: string[] = [];
+  for (let i = 0; i < TM; i++) {
+    acc.push(Array.from({ length: TN }, (_, j) => `var c${i}_${j} = 0.0;`).join(" "));
+  }
+  const inner: string[] = [];
+  for (let i = 0; i < TM; i++) inner.push(`let a${i} = As[kk * ${BM}u + ty * ${TM}u + ${i}u];`);
+  for (let j = 0; j < TN; j++) inner.push(`let b${j} = Bs[kk * ${BN}u + tx * ${TN}u + ${j}u];`);
+  for (let i = 0; i < TM; i++) {
+    for (let j = 0; j < TN; j++) inner.push(`c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`);
+  }
+  L.push(`let b = wg.z + p.wz0;`);
+  L.push(`let tx = lid.x; let ty = lid.y; let li = ty * ${WX}u + tx;`);
+  L.push(`let mt = (wg.y + p.wy0) * ${BM}u; let nt = (wg.x + p.wx0) * ${BN}u;`);
+  L.push(`let m0 = mt + ty * ${TM}u; let n0 = nt + tx * ${TN}u;`);
+  return /* wgsl */ `${bindings(v)}
+var<workgroup> As: array<f32, ${BM * BK}>;
+var<workgroup> Bs: array<f32, ${BN * BK}>;
+@compute @workgroup_size(${WX}, ${WY})
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
+  ${L.join("\n  ")}
+  ${acc.join("\n  ")}
+  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
+    ${loadA.join("\n    ")}
+    ${loadB.join("\n    ")}
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      ${inner.join("\n      ")}
+    }
+    workgroupBarrier();
+  }
+  ${stores(v, TM, TN)}
+}`;
+}
+
+function checkTile(t: MatmulTile): void {
+  const ok = (x: number, lo: number, hi: number) => Number.isInteger(x) && x >= lo && x <= hi;
+  const bk = t.BK ?? 8;
+  if (
+    !ok(t.TM, 1, 32) || !ok(t.TN, 1, 32) || !ok(t.WX, 1, 1024) || !ok(t.WY, 1, 1024) ||
+    (t.kind === "shared" && !ok(bk, 1, 64))
+  ) {
+    throw new RangeError(`matmul: invalid tile ${JSON.stringify(t)}`);
+  }
+}
+
+function checkBinding(name: string, buf: Buf, limit: number): void {
+  if (buf.bytes > limit) {
+    throw new RangeError(
+      `matmul: operand ${name} is ${buf.bytes} bytes, over the adapter's ` +
+        `maxStorageBufferBindingSize (${limit}); split the product into smaller pieces`,
+    );
+  }
+}
+
+/** The WGSL a call with these dims, tile and epilogue would run (for tests and inspection). */
+export function matmulCode(
+  d: MatmulDims,
+  tile: MatmulTile,
+  bias = false,
+  activation: MatmulActivation = "none",
+): string {
+  return variantCode(variantOf(d, tile, bias, activation));
+}
+
+function variantOf(d: MatmulDims, t: MatmulTile, bias: boolean, act: MatmulActivation): Variant {
+  const { a, b } = matmulModes(d, t);
+  const cv = d.N % 4 === 0 && t.TN % 4 === 0;
+  return { t, a, b, cv, bias, act };
+}
+
+function variantCode(v: Variant): string {
+  return v.t.kind === "shared" ? sharedCode(v) : registerCode(v);
+}
+
+/**
+ * Record C = act(alpha * op(A) op(B) + bias[N]) for the given dims. `c` must hold
+ * batch * M * N floats and must not alias `a`, `b` or `bias`. `tile` defaults to the adapter's
+ * choice (`kernels/tune.ts`). Grids larger than the adapter's per-dimension workgroup limit are
+ * split into several dispatches. Throws RangeError for invalid tiles, negative sizes or operands
+ * larger than maxStorageBufferBindingSize.
  */
 export function matmulKernel(
   a: Buf,
@@ -88,16 +422,45 @@ export function matmulKernel(
   c: Buf,
   d: MatmulDims,
   bias: Buf | null = null,
-  tile: MatmulTile = DEFAULT_TILE,
+  tile?: MatmulTile,
+  epilogue: MatmulEpilogue = {},
 ): void {
+  for (const key of ["batch", "M", "N", "K"] as const) {
+    if (!Number.isInteger(d[key]) || d[key] < 0) {
+      throw new RangeError(`matmul: ${key} = ${d[key]} is not a size`);
+    }
+  }
   if (d.batch * d.M * d.N === 0) return;
-  const p = new Params().u32(d.M, d.N, d.K, d.sab, d.sam, d.sak, d.sbb, d.sbk, d.sbn).build();
+  const t = tile ?? matmulTile(d);
+  checkTile(t);
+  const { limits } = gpu().adapter;
+  checkBinding("A", a, limits.maxStorageBufferBindingSize);
+  checkBinding("B", b, limits.maxStorageBufferBindingSize);
+  checkBinding("C", c, limits.maxStorageBufferBindingSize);
+  const act = epilogue.activation ?? "none";
+  if (!(act in ACT)) throw new RangeError(`matmul: unknown activation "${act}"`);
+  const v = variantOf(d, t, bias !== null, act);
+  const code = variantCode(v);
+  const name = `matmul_${t.kind ?? "register"}_${v.a}_${v.b}${bias ? "_bias" : ""}` +
+    (act === "none" ? "" : `_${act}`);
   const bufs = bias ? [a, b, c, bias] : [a, b, c];
-  dispatch(
-    bias ? "matmul_bias" : "matmul",
-    code(tile, bias !== null),
-    bufs,
-    p,
-    [Math.ceil(d.N / (tile.TN * tile.WX)), Math.ceil(d.M / (tile.TM * tile.WY)), d.batch],
-  );
+  const BM = t.TM * t.WY, BN = t.TN * t.WX;
+  const gx = Math.ceil(d.N / BN), gy = Math.ceil(d.M / BM), gz = d.batch;
+  const max = limits.maxComputeWorkgroupsPerDimension;
+  for (let z0 = 0; z0 < gz; z0 += max) {
+    for (let y0 = 0; y0 < gy; y0 += max) {
+      for (let x0 = 0; x0 < gx; x0 += max) {
+        const p = new Params()
+          .u32(d.M, d.N, d.K, d.sab, d.sam, d.sak, d.sbb, d.sbk, d.sbn)
+          .f32(epilogue.alpha ?? 1, epilogue.slope ?? 0.01)
+          .u32(x0, y0, z0)
+          .build();
+        dispatch(name, code, bufs, p, [
+          Math.min(max, gx - x0),
+          Math.min(max, gy - y0),
+          Math.min(max, gz - z0),
+        ]);
+      }
+    }
+  }
 }

@@ -1,0 +1,93 @@
+/**
+ * Kernel shapes per adapter. A CPU rasteriser (llvmpipe, lavapipe, SwiftShader) runs each
+ * workgroup on one core with invocations as SIMD lanes: there, big register tiles and no
+ * workgroup memory win (DESIGN.md section 3), and every lane should read the same A values so the
+ * compiler emits one scalar load instead of a per-lane gather. A real GPU wants the opposite:
+ * workgroup-memory tiles shared by 256 invocations with a few outputs each.
+ *
+ * `CLIPIT_MATMUL_KIND=register|shared` forces one family (benchmarks, tests).
+ */
+import { type AdapterDescription, gpu } from "./device.ts";
+
+/**
+ * How one matmul dispatch is shaped.
+ * - `register`: each invocation computes TM x TN outputs straight from storage buffers; a
+ *   workgroup is WX x WY invocations (WX along N). TM, TN: 1..32; TN a multiple of 4 for vec4
+ *   loads of B and C.
+ * - `shared`: the workgroup stages a (WY*TM) x BK tile of A and a BK x (WX*TN) tile of B in
+ *   workgroup memory, then each invocation computes TM x TN outputs from it.
+ */
+export interface MatmulTile {
+  TM: number;
+  TN: number;
+  WX: number;
+  WY: number;
+  /** Kernel family; `register` when absent. */
+  kind?: "register" | "shared";
+  /** Depth of the workgroup-memory tile (shared kind only); default 8. */
+  BK?: number;
+}
+
+/** The sizes a tile is chosen for (batch, rows, columns, depth). */
+export interface MatmulShape {
+  batch: number;
+  M: number;
+  N: number;
+  K: number;
+}
+
+/** True for adapters that run shaders on the CPU (Mesa llvmpipe/lavapipe, SwiftShader, WARP). */
+export function isCpuAdapter(a: AdapterDescription): boolean {
+  return a.isFallbackAdapter ||
+    /llvmpipe|lavapipe|softpipe|swiftshader|microsoft basic render|warp/i.test(a.description) ||
+    a.vendor === "65541" /* VK_VENDOR_ID_MESA: llvmpipe through Vulkan */;
+}
+
+function forcedKind(): "register" | "shared" | null {
+  try {
+    const v = Deno.env.get("CLIPIT_MATMUL_KIND");
+    return v === "register" || v === "shared" ? v : null;
+  } catch {
+    return null; // no --allow-env
+  }
+}
+
+function count(s: MatmulShape, bm: number, bn: number): number {
+  return Math.ceil(s.M / bm) * Math.ceil(s.N / bn) * s.batch;
+}
+
+/** Register tile for a CPU adapter: 16 x 8 outputs per lane, 8 lanes (one AVX2 vector). */
+function cpuTile(s: MatmulShape): MatmulTile {
+  // Measured on llvmpipe (2 cores, 1024^3): 16x8 and 8x16 ~28 GFLOP/s, 8x8 ~21, 4x4 ~8. Smaller
+  // tiles only when the big one would leave a core idle.
+  if (count(s, 16, 64) >= 4 || s.K < 16) {
+    return s.M >= 16 ? { TM: 16, TN: 8, WX: 8, WY: 1 } : { TM: 4, TN: 8, WX: 8, WY: 1 };
+  }
+  if (count(s, 8, 32) >= 4) return { TM: 8, TN: 4, WX: 8, WY: 1 };
+  return { TM: 4, TN: 4, WX: 8, WY: 1 };
+}
+
+/** Workgroup-memory tile for a GPU: as large as still gives enough workgroups to fill it. */
+function gpuTile(s: MatmulShape, a: AdapterDescription): MatmulTile {
+  const wgMem = a.limits.maxComputeWorkgroupStorageSize;
+  const inv = a.limits.maxComputeInvocationsPerWorkgroup;
+  // ~2 waves of workgroups on a 100+ SM GPU before the biggest tile pays off.
+  const fits = (t: MatmulTile) =>
+    t.WX * t.WY <= inv && (t.BK ?? 8) * (t.WY * t.TM + t.WX * t.TN) * 4 <= wgMem;
+  const big: MatmulTile = { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 8 };
+  const mid: MatmulTile = { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16 };
+  const small: MatmulTile = { kind: "shared", TM: 4, TN: 4, WX: 8, WY: 8, BK: 16 };
+  if (count(s, 128, 128) >= 256 && fits(big)) return big;
+  if (count(s, 64, 64) >= 128 && fits(mid)) return mid;
+  return fits(small) ? small : { kind: "shared", TM: 4, TN: 4, WX: 8, WY: 8, BK: 4 };
+}
+
+/**
+ * The tile to use for a matmul of shape `s` on the current adapter (or `adapter` if given).
+ * Honours `CLIPIT_MATMUL_KIND`.
+ */
+export function matmulTile(s: MatmulShape, adapter?: AdapterDescription): MatmulTile {
+  const a = adapter ?? gpu().adapter;
+  const kind = forcedKind() ?? (isCpuAdapter(a) ? "register" : "shared");
+  return kind === "register" ? cpuTile(s) : gpuTile(s, a);
+}
