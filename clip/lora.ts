@@ -1,0 +1,292 @@
+/**
+ * LoRA (Hu et al. 2021) for the CLIP towers: a frozen weight W gets a trainable low-rank update,
+ * `W x + (alpha / r) B A x`, with A [r, in] Kaiming-uniform and B [out, r] zero (so training
+ * starts from the pretrained model). Every Linear (the packed attention in-projection and the
+ * output projection included), the token Embedding, the patch embedding and the two final
+ * projections can carry one.
+ *
+ * A model exposes the places that can be adapted as {@link LoraSite}s (`loraSites()`); this file
+ * knows nothing about CLIP's structure beyond that. Sites are named like the OpenCLIP module
+ * they adapt (`visual.transformer.resblocks.0.attn.in_proj`, `visual.conv1`, `token_embedding`,
+ * `text.text_projection`, ...), and {@link loraStateDict} names the adapter tensors
+ * `<site>.lora_A` / `<site>.lora_B`.
+ */
+import { type LayerAdapter } from "../nn/layers.ts";
+import { Module } from "../nn/module.ts";
+import { noGrad, record } from "../nn/autograd.ts";
+import { embedding } from "../nn/ops/embedding.ts";
+import { map } from "../nn/ops/elementwise.ts";
+import { matmul } from "../nn/ops/matmul.ts";
+import { transpose } from "../nn/ops/shape.ts";
+import { rand, Rng, type Tensor, zeros } from "../nn/tensor.ts";
+import { mapKernel } from "../kernels/elementwise.ts";
+import { upload } from "../kernels/runtime.ts";
+import { SafetensorsFile, writeSafetensors } from "../nn/safetensors.ts";
+
+/**
+ * A weight that can carry a LoRA adapter.
+ * - `kind: "linear"`: the host computes `y = x W'^T (+ b)` from inputs x [..., in];
+ *   `kind: "embedding"`: the host looks up rows of W by int32 ids (in = the number of rows).
+ * - `layout: "out-in"`: `weight` holds the [out, in] matrix row-major (Linear, the packed
+ *   in-projection, and a conv weight [out, C, p, p] = [out, C*p*p]); `"in-out"`: `weight` is
+ *   [in, out] (OpenCLIP's `x @ proj` projections, and an Embedding's [num, dim] table).
+ */
+export interface LoraSite {
+  /** Dotted name of the adapted module, e.g. `visual.transformer.resblocks.0.mlp.c_fc`. */
+  name: string;
+  kind: "linear" | "embedding";
+  layout: "out-in" | "in-out";
+  inFeatures: number;
+  outFeatures: number;
+  /** The base weight (merged into by {@link mergeLora}). */
+  weight: Tensor;
+  /** The adapter the host applies now (null: none). */
+  getAdapter(): LayerAdapter | null;
+  setAdapter(a: LayerAdapter | null): void;
+}
+
+/** A model whose weights can carry LoRA adapters. */
+export interface LoraHost extends Module {
+  loraSites(): LoraSite[];
+}
+
+/** Options for {@link applyLora} and {@link LoraAdapter}. */
+export interface LoraOptions {
+  /** Rank r (default 16). */
+  rank?: number;
+  /** Scale numerator: the update is (alpha / r) B A (default 8). */
+  alpha?: number;
+  /** Seed of A's Kaiming-uniform initialisation (default 0); ignored when `rng` is given. */
+  seed?: number;
+  rng?: Rng;
+  /** Which sites get an adapter (default: all). */
+  filter?: (site: LoraSite) => boolean;
+  /** Freeze every base parameter of the model (default true). */
+  freezeBase?: boolean;
+}
+
+/** `y + s * u` with gradients to both (one kernel instead of scale + add). */
+function addScaled(y: Tensor, u: Tensor, s: number): Tensor {
+  const out = map("lora_add", "a + p.s * b", [y, u], s);
+  return record(out, "loraAdd", [y, u], (g) => [
+    g.view(g.shape),
+    map("lora_add_grad", "a * p.s", [g], s),
+  ]);
+}
+
+/**
+ * One LoRA adapter: `lora_A` [r, in] (Kaiming-uniform with a = sqrt(5), i.e.
+ * Uniform(-1/sqrt(in), 1/sqrt(in)), as PEFT), `lora_B` [out, r] (zeros), scaling alpha / r.
+ * As a layer adapter it turns the host's output y into `y + (alpha/r) (x A^T) B^T` (a Linear
+ * host, x [..., in]) or `y + (alpha/r) A^T[ids] B^T` (an Embedding host, x = int32 ids).
+ */
+export class LoraAdapter extends Module implements LayerAdapter {
+  readonly rank: number;
+  readonly alpha: number;
+  readonly kind: "linear" | "embedding";
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  lora_A: Tensor;
+  lora_B: Tensor;
+
+  constructor(
+    kind: "linear" | "embedding",
+    inFeatures: number,
+    outFeatures: number,
+    opts: LoraOptions = {},
+  ) {
+    super();
+    const rank = opts.rank ?? 16, alpha = opts.alpha ?? 8;
+    if (!Number.isInteger(rank) || rank < 1) {
+      throw new RangeError(`LoRA rank must be a positive integer, got ${rank}`);
+    }
+    if (!Number.isFinite(alpha)) throw new RangeError(`LoRA alpha must be finite, got ${alpha}`);
+    this.rank = rank;
+    this.alpha = alpha;
+    this.kind = kind;
+    this.inFeatures = inFeatures;
+    this.outFeatures = outFeatures;
+    const rng = opts.rng ?? new Rng(opts.seed ?? 0);
+    const bound = 1 / Math.sqrt(inFeatures);
+    this.lora_A = this.param("lora_A", rand([rank, inFeatures], { rng, low: -bound, high: bound }));
+    this.lora_B = this.param("lora_B", zeros([outFeatures, rank]));
+  }
+
+  /** alpha / r. */
+  get scaling(): number {
+    return this.alpha / this.rank;
+  }
+
+  /** The host's output `y` plus the low-rank update of input `x` (see the class comment). */
+  adapt(x: Tensor, y: Tensor): Tensor {
+    let low: Tensor;
+    if (this.kind === "embedding") {
+      const table = transpose(this.lora_A); // [in, r]: row i is A's column i
+      low = embedding(table, x);
+    } else {
+      if (x.shape[x.rank - 1] !== this.inFeatures) {
+        throw new RangeError(`LoRA(${this.inFeatures} -> ${this.outFeatures}): input is ${x}`);
+      }
+      low = matmul(x, this.lora_A, { transposeB: true });
+    }
+    const up = matmul(low, this.lora_B, { transposeB: true });
+    if (up.size !== y.size) {
+      throw new RangeError(`LoRA(${this.inFeatures} -> ${this.outFeatures}): host output is ${y}`);
+    }
+    return addScaled(y, up.view(y.shape), this.scaling);
+  }
+
+  /** The update `(alpha/r) B A` as a new [out, in] tensor (no gradient). */
+  delta(): Tensor {
+    return noGrad(() => {
+      const ba = matmul(this.lora_B, this.lora_A);
+      const d = map("lora_scale", "a * p.s", [ba], this.scaling);
+      ba.dispose();
+      return d;
+    });
+  }
+}
+
+/**
+ * Give every site of `model` (or those `opts.filter` keeps) a fresh {@link LoraAdapter} and, by
+ * default, freeze all base parameters, so `model.trainableParameters()` is exactly the adapters.
+ * Adapters draw A from one seeded generator in site order (reproducible). Throws if a site
+ * already has an adapter. Returns the adapters by site name.
+ */
+export function applyLora(model: LoraHost, opts: LoraOptions = {}): Map<string, LoraAdapter> {
+  const sites = model.loraSites().filter((s) => opts.filter?.(s) ?? true);
+  for (const s of sites) {
+    if (s.getAdapter()) throw new Error(`applyLora: site "${s.name}" already has an adapter`);
+  }
+  if (opts.freezeBase ?? true) model.freeze();
+  const rng = opts.rng ?? new Rng(opts.seed ?? 0);
+  const out = new Map<string, LoraAdapter>();
+  for (const s of sites) {
+    const a = new LoraAdapter(s.kind, s.inFeatures, s.outFeatures, { ...opts, rng });
+    s.setAdapter(a);
+    out.set(s.name, a);
+  }
+  return out;
+}
+
+/** The adapters currently on `model`, by site name. */
+export function loraAdapters(model: LoraHost): Map<string, LoraAdapter> {
+  const out = new Map<string, LoraAdapter>();
+  for (const s of model.loraSites()) {
+    const a = s.getAdapter();
+    if (a instanceof LoraAdapter) out.set(s.name, a);
+  }
+  return out;
+}
+
+function copyInto(dst: Tensor, src: Tensor): void {
+  const flat = { strides: [1], offset: 0 };
+  mapKernel("lora_copy", "a", [{ buf: src.buf, ...flat }], { buf: dst.buf, ...flat }, [dst.size]);
+}
+
+/**
+ * Fold every adapter into its base weight (`W += (alpha/r) B A`, transposed for "in-out"
+ * weights) and remove it, so the model computes the same function with no adapter cost. The
+ * weight tensors stay the same objects (an optimiser holding them stays valid). The adapters
+ * are disposed. Returns how many were merged.
+ */
+export function mergeLora(model: LoraHost): number {
+  let n = 0;
+  noGrad(() => {
+    for (const s of model.loraSites()) {
+      const a = s.getAdapter();
+      if (!(a instanceof LoraAdapter)) continue;
+      const d = a.delta(); // [out, in]
+      const dl = s.layout === "in-out" ? transpose(d) : d;
+      const w = s.weight;
+      const sum = map("lora_merge", "a + b", [w.view([dl.size]), dl.view([dl.size])]);
+      copyInto(w, sum);
+      for (const t of new Set([d, dl, sum])) t.dispose();
+      s.setAdapter(null);
+      a.dispose();
+      n++;
+    }
+  });
+  return n;
+}
+
+/** The adapter tensors by `<site>.lora_A` / `<site>.lora_B` (the model's own tensors). */
+export function loraStateDict(model: LoraHost): Map<string, Tensor> {
+  const out = new Map<string, Tensor>();
+  for (const [name, a] of loraAdapters(model)) {
+    out.set(`${name}.lora_A`, a.lora_A);
+    out.set(`${name}.lora_B`, a.lora_B);
+  }
+  return out;
+}
+
+/**
+ * Copy adapter values (CPU arrays, by `<site>.lora_A` / `.lora_B`) into the model's adapters.
+ * Every name and shape is checked first: a missing, unexpected or mis-shaped tensor throws
+ * naming it (and both shapes).
+ */
+export function loadLoraStateDict(
+  model: LoraHost,
+  values: Map<string, { shape: readonly number[]; data: Float32Array }>,
+  where = "loadLoraStateDict",
+): void {
+  const own = loraStateDict(model);
+  for (const [name, t] of own) {
+    const v = values.get(name);
+    if (!v) throw new Error(`${where}: adapter tensor "${name}" [${t.shape}] is missing`);
+    if (v.shape.length !== t.shape.length || v.shape.some((d, i) => d !== t.shape[i])) {
+      throw new Error(
+        `${where}: adapter tensor "${name}" has shape [${v.shape}] in the source but ` +
+          `[${t.shape}] in the model`,
+      );
+    }
+  }
+  for (const name of values.keys()) {
+    if (!own.has(name)) throw new Error(`${where}: "${name}" is not an adapter of this model`);
+  }
+  for (const [name, t] of own) upload(t.buf, values.get(name)!.data);
+}
+
+/**
+ * Write the adapters to a safetensors file (`<site>.lora_A` / `.lora_B`, F32) with metadata
+ * `lora_rank`, `lora_alpha` (of the first adapter; all share them when made by applyLora).
+ */
+export async function saveLora(model: LoraHost, path: string): Promise<void> {
+  const adapters = [...loraAdapters(model).values()];
+  if (adapters.length === 0) throw new Error(`saveLora ${path}: the model has no adapters`);
+  const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
+  for (const [name, t] of loraStateDict(model)) {
+    tensors[name] = { dtype: "F32", shape: [...t.shape], data: await t.toArray() };
+  }
+  await writeSafetensors(path, tensors, {
+    lora_rank: String(adapters[0].rank),
+    lora_alpha: String(adapters[0].alpha),
+  });
+}
+
+/**
+ * Read adapters written by {@link saveLora} into `model`, applying fresh adapters first when it
+ * has none (with the file's rank and alpha). Shapes and names are checked as in
+ * {@link loadLoraStateDict}.
+ */
+export async function loadLora(model: LoraHost, path: string): Promise<void> {
+  const f = await SafetensorsFile.open(path);
+  try {
+    const values = new Map<string, { shape: number[]; data: Float32Array }>();
+    for (const [name, e] of f.entries()) {
+      values.set(name, { shape: e.shape, data: await f.readFloat32(name) });
+    }
+    if (loraAdapters(model).size === 0) {
+      const rank = Number(f.metadata.lora_rank ?? NaN);
+      const alpha = Number(f.metadata.lora_alpha ?? NaN);
+      if (!Number.isFinite(rank) || !Number.isFinite(alpha)) {
+        throw new Error(`${path}: no lora_rank / lora_alpha metadata`);
+      }
+      const names = new Set([...values.keys()].map((k) => k.replace(/\.lora_[AB]$/, "")));
+      applyLora(model, { rank, alpha, filter: (s) => names.has(s.name) });
+    }
+    loadLoraStateDict(model, values, path);
+  } finally {
+    f.close();
+  }
+}
