@@ -130,10 +130,12 @@ export class LoraAdapter extends Module implements LayerAdapter {
       low = matmul(x, this.lora_A, { transposeB: true });
     }
     const up = matmul(low, this.lora_B, { transposeB: true });
-    if (up.size !== y.size) {
-      throw new RangeError(`LoRA(${this.inFeatures} -> ${this.outFeatures}): host output is ${y}`);
+    if (up.rank !== y.rank || up.shape.some((d, i) => d !== y.shape[i])) {
+      throw new RangeError(
+        `LoRA(${this.inFeatures} -> ${this.outFeatures}): host output ${y} does not match ${up}`,
+      );
     }
-    return addScaled(y, up.view(y.shape), this.scaling);
+    return addScaled(y, up, this.scaling);
   }
 
   /** The update `(alpha/r) B A` as a new [out, in] tensor (no gradient). */
