@@ -1,0 +1,270 @@
+/**
+ * `cli.ts data`: opens a dataset and reports, per split and class, the number of images, their
+ * sizes and every file that cannot be read (reading each image in parallel workers), so a
+ * problem in one file among 100,000 shows up before training does.
+ */
+import { parseArgs } from "node:util";
+import {
+  type Dataset,
+  DATASET_KINDS,
+  DatasetError,
+  type DatasetKind,
+  type DatasetOptions,
+  openDataset,
+  type Split,
+} from "./datasets.ts";
+import { DecodePool, defaultWorkers } from "./pool.ts";
+import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "../clip/preprocess.ts";
+import type { BadImage } from "./loader.ts";
+import { H5Error } from "./hdf5.ts";
+
+const USAGE = `usage: cli.ts data --dataset KIND --root DIR [options]
+
+Counts the images of every split and class, their sizes, and lists unreadable files.
+
+  --dataset KIND        ${DATASET_KINDS.join(" | ")}
+  --root DIR            dataset folder (csv: the manifest file)
+  --seed N              seed of stratified splits (default 42)
+  --val-fraction F      validation fraction where no official split exists
+  --test-fraction F     test fraction where no official split exists
+  --split-file CSV      bach: fixed split, rows "name,split"
+  --classes A,B,...     flat: known class names; folder/csv: class order
+  --workers N           decoding workers (default: cores - 1, at most 8)
+  --quick               count files only; do not read the images
+  --json                print the report as JSON
+  -h, --help            this text
+
+Exit status: 0 all images readable, 1 some unreadable, 2 bad arguments or dataset.`;
+
+/** Per-class statistics of one split. */
+export interface ClassReport {
+  name: string;
+  count: number;
+  /** "WxH" -> number of images (empty with --quick, except for HDF5 arrays). */
+  sizes: Record<string, number>;
+  unreadable: number;
+}
+
+/** The report of one split. */
+export interface SplitReport {
+  name: string;
+  count: number;
+  classes: ClassReport[];
+  unreadable: BadImage[];
+}
+
+/** The whole report. */
+export interface DataReport {
+  kind: DatasetKind;
+  root: string;
+  classes: string[];
+  notes: string[];
+  splits: SplitReport[];
+  checked: boolean;
+}
+
+/**
+ * Reads every image of `split` (unless `quick`) with `workers` decoding workers and tallies
+ * counts, sizes and unreadable files per class. `progress` is called now and then with the
+ * number of images done.
+ */
+export async function checkSplit(
+  ds: Dataset,
+  split: Split,
+  opts: { workers: number; quick: boolean; progress?: (done: number, total: number) => void },
+): Promise<SplitReport> {
+  const classes: ClassReport[] = ds.classes.map((name) => ({
+    name,
+    count: 0,
+    sizes: {},
+    unreadable: 0,
+  }));
+  const n = split.labels.length;
+  for (let i = 0; i < n; i++) classes[split.labels[i]].count++;
+  const unreadable: BadImage[] = [];
+  const src = split.source;
+  if (opts.quick) {
+    if (src.kind === "h5") {
+      for (const c of classes) if (c.count) c.sizes[`${src.width}x${src.height}`] = c.count;
+    }
+    return { name: split.name, count: n, classes, unreadable };
+  }
+  const pool = new DecodePool(
+    src,
+    { size: 1, mean: [...OPENAI_CLIP_MEAN], std: [...OPENAI_CLIP_STD], augment: null, seed: 0 },
+    opts.workers,
+  );
+  try {
+    const window = Math.max(16, 32 * Math.max(1, opts.workers));
+    let next = 0, done = 0;
+    const worker = async () => {
+      while (next < n) {
+        const i = next++;
+        const r = await pool.run(i, 0, "check");
+        const c = classes[split.labels[i]];
+        if (r.ok) {
+          const key = `${r.width}x${r.height}`;
+          c.sizes[key] = (c.sizes[key] ?? 0) + 1;
+        } else {
+          c.unreadable++;
+          unreadable.push({ path: r.path, reason: r.reason });
+        }
+        if (++done % 1000 === 0) opts.progress?.(done, n);
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(window, n) }, worker));
+  } finally {
+    await pool.close();
+  }
+  unreadable.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
+  return { name: split.name, count: n, classes, unreadable };
+}
+
+/** Formats a report as text (one table per split, then the unreadable files). */
+export function formatReport(r: DataReport): string {
+  const lines = [
+    `dataset ${r.kind} at ${r.root}: ${r.classes.length} classes (${r.classes.join(", ")})`,
+  ];
+  for (const note of r.notes) lines.push(`  note: ${note}`);
+  if (!r.checked) lines.push("  (--quick: images not read; sizes unknown except for HDF5 arrays)");
+  const w = Math.max(5, ...r.classes.map((c) => c.length));
+  for (const s of r.splits) {
+    const bad = s.unreadable.length;
+    lines.push("", `split ${s.name}: ${s.count} images${r.checked ? `, ${bad} unreadable` : ""}`);
+    lines.push(`  ${"class".padEnd(w)}  ${"count".padStart(8)}  ${"bad".padStart(5)}  sizes`);
+    for (const c of s.classes) {
+      const sizes = Object.entries(c.sizes).sort((a, b) => b[1] - a[1]).map(([k, v]) =>
+        `${k} (${v})`
+      ).join(", ");
+      lines.push(
+        `  ${c.name.padEnd(w)}  ${String(c.count).padStart(8)}  ${
+          String(c.unreadable).padStart(5)
+        }  ${sizes || "-"}`,
+      );
+    }
+  }
+  const all = r.splits.flatMap((s) => s.unreadable);
+  if (r.checked) {
+    lines.push("", all.length ? `unreadable files (${all.length}):` : "all images readable");
+    for (const b of all) lines.push(`  ${b.path}: ${b.reason}`);
+  }
+  return lines.join("\n");
+}
+
+function fraction(name: string, v: string | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  const f = Number(v);
+  if (!Number.isFinite(f)) throw new DatasetError(`--${name} must be a number, got "${v}"`);
+  return f;
+}
+
+/**
+ * The `data` subcommand: parses `args` (without the word "data"), opens the dataset, checks
+ * every image and prints the report. Returns the exit status (0 ok, 1 unreadable images,
+ * 2 bad arguments or dataset).
+ */
+export async function dataCommand(args: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        dataset: { type: "string" },
+        root: { type: "string" },
+        seed: { type: "string" },
+        "val-fraction": { type: "string" },
+        "test-fraction": { type: "string" },
+        "split-file": { type: "string" },
+        classes: { type: "string" },
+        workers: { type: "string" },
+        quick: { type: "boolean", default: false },
+        json: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (err) {
+    console.error(`${(err as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const kind = values.dataset as DatasetKind | undefined;
+  if (!kind || !DATASET_KINDS.includes(kind) || !values.root) {
+    console.error(
+      `${
+        !kind
+          ? "--dataset is required"
+          : !DATASET_KINDS.includes(kind)
+          ? `unknown --dataset "${kind}"`
+          : "--root is required"
+      }\n\n${USAGE}`,
+    );
+    return 2;
+  }
+  let ds: Dataset;
+  let workers: number;
+  try {
+    const seed = values.seed === undefined ? undefined : Number(values.seed);
+    if (seed !== undefined && !Number.isInteger(seed)) {
+      throw new DatasetError(`--seed must be an integer, got "${values.seed}"`);
+    }
+    workers = values.workers === undefined ? defaultWorkers() : Number(values.workers);
+    if (!Number.isInteger(workers) || workers < 0) {
+      throw new DatasetError(`--workers must be a non-negative integer, got "${values.workers}"`);
+    }
+    const opts: DatasetOptions = {
+      seed,
+      valFraction: fraction("val-fraction", values["val-fraction"]),
+      testFraction: fraction("test-fraction", values["test-fraction"]),
+      splitFile: values["split-file"],
+      classes: values.classes?.split(",").map((c) => c.trim()).filter((c) => c.length > 0),
+    };
+    ds = await openDataset(kind, values.root, opts);
+  } catch (err) {
+    if (err instanceof DatasetError || err instanceof H5Error) {
+      console.error(`error: ${err.message}`);
+      return 2;
+    }
+    throw err;
+  }
+  const splits: SplitReport[] = [];
+  const started = performance.now();
+  let lastPrint = started;
+  for (const s of ds.splits) {
+    splits.push(
+      await checkSplit(ds, s, {
+        workers,
+        quick: values.quick,
+        progress: (done, total) => {
+          const now = performance.now();
+          if (now - lastPrint > 5000 && !values.json) {
+            lastPrint = now;
+            console.error(`  ${s.name}: ${done} / ${total} images read`);
+          }
+        },
+      }),
+    );
+  }
+  const report: DataReport = {
+    kind,
+    root: ds.root,
+    classes: ds.classes,
+    notes: ds.notes,
+    splits,
+    checked: !values.quick,
+  };
+  if (values.json) console.log(JSON.stringify(report, null, 1));
+  else {
+    console.log(formatReport(report));
+    if (!values.quick) {
+      const total = splits.reduce((a, s) => a + s.count, 0);
+      const secs = (performance.now() - started) / 1000;
+      console.log(`read ${total} images in ${secs.toFixed(1)} s with ${workers || "no"} worker(s)`);
+    }
+  }
+  return splits.some((s) => s.unreadable.length > 0) ? 1 : 0;
+}
