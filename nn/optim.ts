@@ -27,6 +27,12 @@ import {
 } from "../kernels/optim.ts";
 import { empty, keep, type Tensor, zeros } from "./tensor.ts";
 
+/** An optimiser's state for one parameter. */
+export interface ParamState {
+  tensors: Tensor[];
+  step: number;
+}
+
 /** What every optimiser does. */
 export abstract class Optimizer {
   /** The parameters this optimiser updates. */
@@ -35,8 +41,11 @@ export abstract class Optimizer {
   lr: number;
   /** Number of `step()` calls so far. */
   stepCount = 0;
-  /** Per-parameter state tensors (created on a parameter's first update). */
-  protected state = new Map<Tensor, Tensor[]>();
+  /**
+   * Per-parameter state, created on a parameter's first update: its tensors and how many updates
+   * it has had (PyTorch counts steps per parameter: one without a gradient is not counted).
+   */
+  protected state = new Map<Tensor, ParamState>();
 
   constructor(params: Iterable<Tensor>, lr: number, name: string) {
     this.params = [...params];
@@ -68,10 +77,11 @@ export abstract class Optimizer {
       }
       let s = this.state.get(p);
       if (!s) {
-        s = this.initState(p).map((t) => keep(t));
+        s = { tensors: this.initState(p).map((t) => keep(t)), step: 0 };
         this.state.set(p, s);
       }
-      this.update(p, p.grad, s);
+      s.step++;
+      this.update(p, p.grad, s.tensors, s.step);
     }
   }
 
@@ -85,14 +95,14 @@ export abstract class Optimizer {
 
   /** Release the optimiser's state tensors (the parameters are left alone). */
   dispose(): void {
-    for (const s of this.state.values()) s.forEach((t) => t.dispose());
+    for (const s of this.state.values()) s.tensors.forEach((t) => t.dispose());
     this.state.clear();
   }
 
   /** Fresh state tensors for a parameter (zeros). */
   protected abstract initState(p: Tensor): Tensor[];
-  /** Record one parameter's update. */
-  protected abstract update(p: Tensor, grad: Tensor, state: Tensor[]): void;
+  /** Record one parameter's update; `step` is its 1-based update count. */
+  protected abstract update(p: Tensor, grad: Tensor, state: Tensor[], step: number): void;
 }
 
 /** Options for {@link SGD}. */
@@ -179,7 +189,7 @@ export class Adam extends Optimizer {
     return [zeros(p.shape), zeros(p.shape)];
   }
 
-  protected update(p: Tensor, grad: Tensor, [m, v]: Tensor[]): void {
+  protected update(p: Tensor, grad: Tensor, [m, v]: Tensor[], step: number): void {
     adamKernel(p.buf, grad.buf, m.buf, v.buf, p.size, {
       lr: this.lr,
       beta1: this.beta1,
@@ -187,7 +197,7 @@ export class Adam extends Optimizer {
       eps: this.eps,
       weightDecay: this.weightDecay,
       decoupled: this.decoupled,
-      step: this.stepCount,
+      step,
     });
   }
 }
