@@ -208,11 +208,12 @@ export class MLP extends Module {
 
   /** x [..., dims[0]] -> [..., dims[n]]. */
   forward(x: Tensor): Tensor {
+    const last = this.layers.length - 1;
     let h = x;
-    this.layers.forEach((layer, i) => {
-      h = layer.forward(h);
-      if (i < this.layers.length - 1) h = this.act(h);
-    });
+    for (let i = 0; i <= last; i++) {
+      h = this.layers[i].forward(h);
+      if (i < last) h = this.act(h);
+    }
     return h;
   }
 }
