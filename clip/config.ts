@@ -257,10 +257,12 @@ function fromOpenClip(cfg: Json, name: string, preprocess: Json | undefined): Cl
 /** Hugging Face `CLIPConfig` (`projection_dim`, `text_config`, `vision_config`). */
 function fromHuggingFace(cfg: Json, name: string, preprocess: Json | undefined): ClipConfig {
   const where = name;
-  const v = cfg.vision_config, t = cfg.text_config;
-  if (!isObject(v) || !isObject(t)) {
-    throw new Error(`${where}: needs vision_config and text_config`);
-  }
+  // Configs saved by older transformers also carry `*_config_dict` (overrides of the defaults).
+  const merged = (a: unknown, b: unknown) =>
+    isObject(a) || isObject(b) ? { ...(isObject(a) ? a : {}), ...(isObject(b) ? b : {}) } : null;
+  const v = merged(cfg.vision_config, cfg.vision_config_dict);
+  const t = merged(cfg.text_config, cfg.text_config_dict);
+  if (!v || !t) throw new Error(`${where}: needs vision_config and text_config`);
   const vAct = hfActivation(v.hidden_act, `${where} vision_config`);
   const tAct = hfActivation(t.hidden_act, `${where} text_config`);
   if (vAct !== tAct) {
@@ -312,8 +314,9 @@ export function parseConfig(json: unknown, name: string, preprocess?: unknown): 
     const pc = isObject(json.preprocess_cfg) ? json.preprocess_cfg : pre;
     cfg = fromOpenClip(json.model_cfg, name, pc);
   } else if (isObject(json.vision_cfg)) cfg = fromOpenClip(json, name, pre);
-  else if (isObject(json.vision_config)) cfg = fromHuggingFace(json, name, pre);
-  else if (isObject(json.vision) && isObject(json.text)) {
+  else if (isObject(json.vision_config) || isObject(json.vision_config_dict)) {
+    cfg = fromHuggingFace(json, name, pre);
+  } else if (isObject(json.vision) && isObject(json.text)) {
     cfg = { ...(json as unknown as ClipConfig), name: String(json.name ?? name) };
   } else {
     throw new Error(

@@ -1,0 +1,313 @@
+/**
+ * `cli.ts embed`: CLIP image and text embeddings of a folder of images and a file of texts,
+ * written to one safetensors file:
+ *
+ *   deno run -A cli.ts embed --arch ViT-B-16 --weights open_clip_model.safetensors \
+ *     --images tiles/ --texts reports.txt --out embeds.safetensors
+ *
+ * `image_embeds` [N, d]: one row per image file of `--images` (PNG / TIFF / JPEG, sorted by file
+ * name); `text_embeds` [M, d]: one row per line of `--texts`. Both L2-normalised, float32. The
+ * metadata lists the image file names, the architecture and the weights. `--random-init` (or
+ * `--weights random`) uses a randomly initialised model: a smoke test and a benchmark without
+ * real weights. Progress goes to stderr with images/s and texts/s.
+ */
+import { parseArgs } from "node:util";
+import { fileURLToPath } from "node:url";
+import { init } from "../kernels/device.ts";
+import { noGrad } from "../nn/autograd.ts";
+import { writeSafetensors } from "../nn/safetensors.ts";
+import { tensor, tidy } from "../nn/tensor.ts";
+import { type ClipConfig, resolveArch } from "../clip/config.ts";
+import { checkpointConfig, loadClipCheckpoint } from "../clip/load.ts";
+import { ClipModel } from "../clip/model.ts";
+import { preprocessImage } from "../clip/preprocess.ts";
+import { ClipTokenizer } from "../clip/tokenizer.ts";
+import { readImage } from "./decode.ts";
+
+const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out OUT.safetensors
+                         [--images DIR] [--texts FILE] [options]
+
+  --arch NAME|FILE     built-in config (ViT-B-32, ViT-B-16, ViT-L-14, *-quickgelu, tiny) or a
+                       JSON config (OpenCLIP, open_clip_config.json, Hugging Face config.json);
+                       optional when the weights carry or sit next to a config
+  --weights FILE|DIR   safetensors or torch .bin/.pt checkpoint (OpenCLIP or Hugging Face names);
+                       "random" = --random-init
+  --random-init        random weights (seeded by --seed), no checkpoint
+  --images DIR         embed every PNG/TIFF/JPEG in DIR, in sorted file-name order
+  --texts FILE         embed every line of FILE
+  --out FILE           output safetensors: image_embeds [N, d], text_embeds [M, d] (float32)
+  --tokenizer PATH     CLIP BPE merges (.txt.gz) or a folder with vocab.json + merges.txt
+                       (default: beside the weights, else ../shared/data/clip-bpe)
+  --batch N            images per GPU batch (default 8); texts use 4N
+  --seed N             seed of --random-init (default 0)
+  --quiet              no progress bar`;
+
+const IMAGE_EXT = /\.(png|tiff?|jpe?g)$/i;
+
+/** A one-line progress bar on stderr (redrawn in place on a terminal, one line per step else). */
+class Progress {
+  #start = performance.now();
+  #tty = Deno.stderr.isTerminal();
+  #enc = new TextEncoder();
+  constructor(
+    readonly label: string,
+    readonly total: number,
+    readonly unit: string,
+    readonly quiet: boolean,
+  ) {}
+
+  /** Seconds since the bar was created. */
+  get elapsed(): number {
+    return (performance.now() - this.#start) / 1000;
+  }
+
+  update(done: number): void {
+    if (this.quiet) return;
+    const width = 30;
+    const filled = this.total ? Math.round((width * done) / this.total) : width;
+    const rate = done / Math.max(this.elapsed, 1e-9);
+    const eta = rate > 0 ? (this.total - done) / rate : 0;
+    const line = `${this.label} [${"#".repeat(filled)}${"-".repeat(width - filled)}] ` +
+      `${done}/${this.total}  ${rate.toFixed(2)} ${this.unit}/s  ` +
+      `${done < this.total ? `eta ${eta.toFixed(0)}s` : `${this.elapsed.toFixed(1)}s`}`;
+    Deno.stderr.writeSync(this.#enc.encode(this.#tty ? `\r${line}\x1b[K` : `${line}\n`));
+    if (this.#tty && done === this.total) Deno.stderr.writeSync(this.#enc.encode("\n"));
+  }
+}
+
+/** Where the tokenizer is: the flag, beside the weights, or the shared CLIP merges file. */
+async function findTokenizer(flag: string | undefined, weights: string | null): Promise<string> {
+  if (flag) return flag;
+  const candidates: string[] = [];
+  if (weights) {
+    let dir = weights;
+    try {
+      if (!(await Deno.stat(weights)).isDirectory) {
+        dir = weights.includes("/") ? weights.slice(0, weights.lastIndexOf("/")) : ".";
+      }
+    } catch {
+      dir = ".";
+    }
+    candidates.push(`${dir}/vocab.json`, `${dir}/bpe_simple_vocab_16e6.txt.gz`);
+  }
+  candidates.push(
+    fileURLToPath(
+      new URL("../../shared/data/clip-bpe/bpe_simple_vocab_16e6.txt.gz", import.meta.url),
+    ),
+  );
+  for (const c of candidates) {
+    try {
+      await Deno.stat(c);
+      return c.endsWith("/vocab.json") ? c.slice(0, -"/vocab.json".length) : c;
+    } catch {
+      // next candidate
+    }
+  }
+  throw new Error(
+    `no tokenizer found (tried ${candidates.join(", ")}); pass --tokenizer PATH to CLIP's ` +
+      `bpe_simple_vocab_16e6.txt.gz or a folder with vocab.json + merges.txt`,
+  );
+}
+
+/** Image files of `dir` (PNG / TIFF / JPEG by extension), sorted by name. */
+async function listImages(dir: string): Promise<string[]> {
+  const names: string[] = [];
+  try {
+    for await (const e of Deno.readDir(dir)) {
+      if (e.isFile && IMAGE_EXT.test(e.name)) names.push(e.name);
+    }
+  } catch (e) {
+    throw new Error(`--images ${dir}: ${(e as Error).message}`);
+  }
+  return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
+}
+
+/** Lines of a text file (a final newline does not add an empty line). */
+async function readLines(path: string): Promise<string[]> {
+  let text: string;
+  try {
+    text = await Deno.readTextFile(path);
+  } catch (e) {
+    throw new Error(`--texts ${path}: ${(e as Error).message}`);
+  }
+  const lines = text.split(/\r?\n/);
+  if (lines.length > 0 && lines[lines.length - 1] === "") lines.pop();
+  return lines;
+}
+
+async function embedImages(
+  model: ClipModel,
+  config: ClipConfig,
+  dir: string,
+  files: string[],
+  batch: number,
+  quiet: boolean,
+): Promise<{ data: Float32Array; seconds: number }> {
+  const d = config.embedDim, S = config.vision.imageSize;
+  const out = new Float32Array(files.length * d);
+  const bar = new Progress("images", files.length, "images", quiet);
+  bar.update(0);
+  for (let i = 0; i < files.length; i += batch) {
+    const chunk = files.slice(i, i + batch);
+    const pixels = new Float32Array(chunk.length * 3 * S * S);
+    for (let j = 0; j < chunk.length; j++) {
+      const img = await readImage(`${dir}/${chunk[j]}`);
+      pixels.set(
+        preprocessImage(img, { size: S, mean: config.mean, std: config.std }),
+        j * 3 * S * S,
+      );
+    }
+    const emb = noGrad(() =>
+      tidy(() => model.embedImages(tensor(pixels, [chunk.length, 3, S, S])))
+    );
+    out.set(await emb.toArray(), i * d);
+    emb.dispose();
+    bar.update(i + chunk.length);
+  }
+  return { data: out, seconds: bar.elapsed };
+}
+
+async function embedTexts(
+  model: ClipModel,
+  config: ClipConfig,
+  tokenizer: ClipTokenizer,
+  lines: string[],
+  batch: number,
+  quiet: boolean,
+): Promise<{ data: Float32Array; seconds: number }> {
+  const d = config.embedDim, ctx = config.text.contextLength;
+  if (tokenizer.vocabSize > config.text.vocabSize) {
+    throw new Error(
+      `the tokenizer has ${tokenizer.vocabSize} tokens but the ${config.name} model only ` +
+        `${config.text.vocabSize}: wrong --tokenizer for this model`,
+    );
+  }
+  const out = new Float32Array(lines.length * d);
+  const bar = new Progress("texts ", lines.length, "texts", quiet);
+  bar.update(0);
+  for (let i = 0; i < lines.length; i += batch) {
+    const chunk = lines.slice(i, i + batch);
+    const ids = tokenizer.tokenize(chunk, ctx);
+    const emb = noGrad(() => tidy(() => model.embedTexts(ids)));
+    out.set(await emb.toArray(), i * d);
+    emb.dispose();
+    bar.update(i + chunk.length);
+  }
+  return { data: out, seconds: bar.elapsed };
+}
+
+/**
+ * Run `embed` with the arguments after the command name. Returns the exit status: 0 on success,
+ * 2 on bad usage (the usage text goes to stderr). Errors while loading or embedding (a missing
+ * file, a checkpoint that does not fit the architecture, an undecodable image) are thrown with a
+ * message naming the file.
+ */
+export async function embedCommand(args: string[]): Promise<number> {
+  let values;
+  try {
+    ({ values } = parseArgs({
+      args,
+      options: {
+        arch: { type: "string" },
+        weights: { type: "string" },
+        "random-init": { type: "boolean", default: false },
+        images: { type: "string" },
+        texts: { type: "string" },
+        out: { type: "string" },
+        tokenizer: { type: "string" },
+        batch: { type: "string", default: "8" },
+        seed: { type: "string", default: "0" },
+        quiet: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+      strict: true,
+      allowPositionals: false,
+    }));
+  } catch (e) {
+    console.error(`embed: ${(e as Error).message}\n\n${USAGE}`);
+    return 2;
+  }
+  if (values.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  const random = values["random-init"] || values.weights === "random";
+  const problems: string[] = [];
+  if (!values.out) problems.push("--out is required");
+  if (!values.images && !values.texts) problems.push("give --images DIR and/or --texts FILE");
+  if (!random && !values.weights) problems.push("give --weights FILE or --random-init");
+  if (random && !values.arch) problems.push("--random-init needs --arch");
+  const batch = Number(values.batch), seed = Number(values.seed);
+  if (!Number.isInteger(batch) || batch < 1) {
+    problems.push(`--batch must be >= 1, got ${values.batch}`);
+  }
+  if (!Number.isInteger(seed)) problems.push(`--seed must be an integer, got ${values.seed}`);
+  if (problems.length) {
+    console.error(`embed: ${problems.join("; ")}\n\n${USAGE}`);
+    return 2;
+  }
+  const weights = random ? null : values.weights!;
+  const quiet = values.quiet;
+
+  const config = random
+    ? await resolveArch(values.arch!)
+    : await checkpointConfig(weights!, values.arch);
+  // Read the inputs before the slow parts, so a typo fails fast.
+  const files = values.images ? await listImages(values.images) : [];
+  if (values.images && files.length === 0) {
+    throw new Error(`--images ${values.images}: no PNG / TIFF / JPEG files`);
+  }
+  const lines = values.texts ? await readLines(values.texts) : [];
+  const tokenizer = values.texts
+    ? await ClipTokenizer.load(await findTokenizer(values.tokenizer, weights))
+    : null;
+
+  const gpu = await init();
+  const t0 = performance.now();
+  const model = new ClipModel(config, { seed });
+  if (weights) await loadClipCheckpoint(model, weights);
+  const loadSeconds = (performance.now() - t0) / 1000;
+  if (!quiet) {
+    console.error(
+      `embed: ${config.name} (${(model.numParameters() / 1e6).toFixed(1)} M parameters, ` +
+        `${weights ? `weights ${weights}` : `random init, seed ${seed}`}) ready in ` +
+        `${loadSeconds.toFixed(1)} s on ${gpu.adapter.description || "WebGPU"}`,
+    );
+  }
+
+  const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
+  const summary: string[] = [];
+  const d = config.embedDim;
+  try {
+    if (values.images) {
+      const r = await embedImages(model, config, values.images, files, batch, quiet);
+      tensors.image_embeds = { dtype: "F32", shape: [files.length, d], data: r.data };
+      summary.push(
+        `${files.length} images in ${r.seconds.toFixed(1)} s (${
+          (files.length / r.seconds).toFixed(2)
+        } images/s)`,
+      );
+    }
+    if (tokenizer) {
+      const r = await embedTexts(model, config, tokenizer, lines, 4 * batch, quiet);
+      tensors.text_embeds = { dtype: "F32", shape: [lines.length, d], data: r.data };
+      summary.push(
+        `${lines.length} texts in ${r.seconds.toFixed(1)} s (${
+          (lines.length / r.seconds).toFixed(2)
+        } texts/s)`,
+      );
+    }
+  } finally {
+    model.dispose();
+  }
+  await writeSafetensors(values.out!, tensors, {
+    arch: config.name,
+    weights: weights ?? `random (seed ${seed})`,
+    embed_dim: String(d),
+    image_dir: values.images ?? "",
+    image_files: JSON.stringify(files),
+    text_file: values.texts ?? "",
+  });
+  console.log(`embed: ${summary.join("; ")}; wrote ${values.out}`);
+  return 0;
+}
