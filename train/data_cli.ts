@@ -138,7 +138,7 @@ export function formatReport(r: DataReport): string {
       ).join(", ");
       lines.push(
         `  ${c.name.padEnd(w)}  ${String(c.count).padStart(8)}  ${
-          String(c.unreadable).padStart(5)
+          (r.checked ? String(c.unreadable) : "-").padStart(5)
         }  ${sizes || "-"}`,
       );
     }

@@ -323,15 +323,11 @@ function openPcam(root: string): Dataset {
     splits.push(pcamSplit(name, xPath, yPath));
   }
   if (splits.length === 0) {
+    const gz = notes.some((n) => n.includes("gunzip"));
+    const expected = names.map(([, f]) => pcamFileName(f, "x")).join(", ");
     throw new DatasetError(
-      `no PCAM files in ${root}: expected ${
-        names.map(([, f]) => pcamFileName(f, "x")).join(", ")
-      } ` +
-        "and the matching _y.h5 files" + (notes.some((n) =>
-            n.includes("gunzip")
-          )
-          ? " (decompress the .h5.gz files)"
-          : ""),
+      `no PCAM files in ${root}: expected ${expected} and the matching _y.h5 files` +
+        (gz ? " (found .h5.gz downloads: decompress them with gunzip)" : ""),
     );
   }
   return {

@@ -167,6 +167,8 @@ export class H5File {
   private rootHeader = UNDEF;
   private rootSymtab: { btree: number; heap: number } | null = null;
   private datasets = new Map<string, H5Dataset>();
+  /** Bytes read from the file so far (to check that reads stay local). */
+  bytesRead = 0;
 
   private constructor(readonly path: string, fd: number, size: number) {
     this.fd = fd;
@@ -226,6 +228,7 @@ export class H5File {
       );
     }
     const out = new Uint8Array(len);
+    this.bytesRead += len;
     let got = 0;
     while (got < len) {
       const n = readSync(this.fd, out, got, len - got, pos + got);
@@ -311,6 +314,11 @@ export class H5File {
     for (const [what, v] of [["offsets", this.so], ["lengths", this.sl]] as const) {
       if (![2, 4, 8].includes(v)) bad(`unsupported size of ${what}: ${v} bytes`);
     }
+  }
+
+  /** @internal absolute offset that file addresses are relative to (the user block size). */
+  get baseAddress(): number {
+    return this.base;
   }
 
   /** @internal size of file offsets / lengths in bytes. */
@@ -699,6 +707,31 @@ export class H5Dataset {
       if (d < 0) break;
     }
     return out;
+  }
+
+  /**
+   * Where the chunk holding the element at `coords` is stored: absolute byte offset in the file
+   * and stored (filtered) size, or null when it was never written or the dataset is not chunked.
+   * For diagnostics.
+   */
+  chunkLocation(coords: number[]): { offset: number; size: number } | null {
+    return this.file.guard(() => {
+      const L = this.layout;
+      if (L.kind !== "chunked") return null;
+      if (
+        coords.length !== this.shape.length || coords.some((c, i) => !(c >= 0 && c < this.shape[i]))
+      ) {
+        bad(
+          `dataset "${this.name}": element [${coords.join(", ")}] outside [${
+            this.shape.join(", ")
+          }]`,
+        );
+      }
+      const grid = this.shape.map((d, i) => Math.ceil(d / L.chunk[i]));
+      const chunkBytes = L.chunk.reduce((a, b) => a * b, 1) * this.dtype.size;
+      const ref = this.locate(coords.map((c, i) => Math.floor(c / L.chunk[i])), grid, chunkBytes);
+      return ref ? { offset: this.file.baseAddress + ref.address, size: ref.size } : null;
+    });
   }
 
   /** The decoded bytes of the chunk at chunk-grid coordinates `cc` (fill when never written). */
