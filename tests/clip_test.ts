@@ -26,6 +26,11 @@ import {
   sourceFor,
 } from "../clip/load.ts";
 import { ClipModel } from "../clip/model.ts";
+import { preprocessImage } from "../clip/preprocess.ts";
+import { ClipTokenizer } from "../clip/tokenizer.ts";
+import { readImage } from "../train/decode.ts";
+import { embedCommand } from "../train/embed_cli.ts";
+import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 import { assertClose, gpuTest } from "./util.ts";
 
 const FIX = fileURLToPath(new URL("./fixtures/", import.meta.url));
@@ -327,3 +332,73 @@ gpuTest("clip load: DDP 'module.' prefixes are stripped; missing tensors are nam
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+gpuTest(
+  "embed cli: tiles + texts -> sorted, L2-normalised embeddings equal to the model's",
+  async () => {
+    const dir = await Deno.makeTempDir();
+    try {
+      // Three tiles (PNG and TIFF) copied under names whose sorted order differs from creation.
+      const src = `${SHARED_DATA}/crc-tiles`;
+      const picks = [...Deno.readDirSync(src)].map((e) => e.name).sort().slice(0, 3);
+      const names = picks.map((p, i) => "cab"[i] + p.slice(p.lastIndexOf(".")));
+      for (let i = 0; i < 3; i++) await Deno.copyFile(`${src}/${picks[i]}`, `${dir}/${names[i]}`);
+      await Deno.writeTextFile(`${dir}/notes.txt`, "not an image\n");
+      await Deno.writeTextFile(`${dir}/texts.txt`, "tumor epithelium\nadipose tissue\n");
+      const out = `${dir}/out.safetensors`;
+      const bpe = `${SHARED_DATA}/clip-bpe/bpe_simple_vocab_16e6.txt.gz`;
+      const args = [
+        "--arch",
+        "tiny",
+        "--random-init",
+        "--seed",
+        "5",
+        "--images",
+        dir,
+        "--texts",
+        `${dir}/texts.txt`,
+        "--out",
+        out,
+        "--batch",
+        "2",
+        "--quiet",
+        "--tokenizer",
+        bpe,
+      ];
+      assert.equal(await embedCommand(args), 0);
+      const f = await SafetensorsFile.open(out);
+      const sorted = [...names].sort();
+      assert.deepEqual(JSON.parse(f.metadata.image_files), sorted);
+      assert.deepEqual(f.entry("image_embeds").shape, [3, 64]);
+      assert.deepEqual(f.entry("text_embeds").shape, [2, 64]);
+      const vi = await f.readFloat32("image_embeds"), vt = await f.readFloat32("text_embeds");
+      f.close();
+      // The same model (same seed) computed directly: 1e-5 absolute (same kernels, other batches).
+      const model = new ClipModel(builtinConfig("tiny"), { seed: 5 });
+      const S = model.config.vision.imageSize;
+      const px = new Float32Array(3 * 3 * S * S);
+      for (let i = 0; i < 3; i++) {
+        px.set(preprocessImage(await readImage(`${dir}/${sorted[i]}`), { size: S }), i * 3 * S * S);
+      }
+      const ref = await noGrad(() => model.embedImages(tensor(px, [3, 3, S, S]))).toArray();
+      assertClose(vi, ref, { atol: 1e-5 }, "image_embeds");
+      const tok = await ClipTokenizer.load(bpe);
+      const ids = tok.tokenize(["tumor epithelium", "adipose tissue"], 77);
+      assertClose(vt, await noGrad(() => model.embedTexts(ids)).toArray(), { atol: 1e-5 }, "text");
+      for (let r = 0; r < 5; r++) {
+        const row = r < 3
+          ? vi.subarray(r * 64, r * 64 + 64)
+          : vt.subarray((r - 3) * 64, (r - 2) * 64);
+        // Unit rows: 1e-5 on the norm.
+        assertClose([Math.hypot(...row)], [1], { atol: 1e-5 }, `norm of row ${r}`);
+      }
+      model.dispose();
+      // Usage errors: status 2, nothing thrown.
+      assert.equal(await embedCommand(["--arch", "tiny", "--random-init", "--quiet"]), 2);
+      assert.equal(await embedCommand(["--bogus"]), 2);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+  !hasSharedData, // needs ../shared/data (real tiles and the BPE merges)
+);
