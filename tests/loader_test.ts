@@ -461,6 +461,12 @@ Deno.test("loader: PCAM patches through the loader, exact at 96 and upscaled lik
     } finally {
       await loader.close();
     }
+    // The data command reads every patch and lists the corrupt one.
+    const r = await runData(["--dataset", "pcam", "--root", dir, "--workers", "0"]);
+    assert.equal(r.code, 1, r.out + r.err);
+    assert.ok(r.out.includes("split train: 8 images, 1 unreadable"), r.out);
+    assert.ok(r.out.includes(`${xPath}[x][6]: `), r.out);
+    assert.ok(r.out.includes("split val: 4 images, 0 unreadable"), r.out);
   });
 });
 
