@@ -2,21 +2,24 @@
  * Cross-entropy from logits [rows, classes] and int32 labels [rows], with label smoothing eps:
  *   loss_r = (1 - eps) * (lse_r - x[r, label]) + eps * (lse_r - mean_c x[r, c])
  * where lse_r = log sum_c exp(x[r, c]) (the log-softmax is fused; nothing [rows, classes] is
- * written). The backward needs only lse_r, so it is elementwise:
+ * written). The backward needs only lse_r, so it is one pass over each row (a row kernel without
+ * reductions, see softmax.ts):
  *   dx[r, c] = g_r * (exp(x[r, c] - lse_r) - (1 - eps) * [c == label_r] - eps / classes).
  *
  * Labels out of [0, classes) cannot be checked on the CPU without a readback (they live on the
  * GPU), so the kernels never index with them: such a row's loss and gradient are NaN.
  */
-import { type Buf, dispatch, grid } from "./runtime.ts";
-import { FLAT_WG, Params } from "./wgsl.ts";
+import { type Buf, dispatch } from "./runtime.ts";
+import { Params } from "./wgsl.ts";
 import {
   cacheUnits,
+  eachUnit,
   lseReduceDecl,
-  MAX_CACHED_FLOATS,
   planKey,
+  rowGrid,
   rowLogSumExp,
   rowMain,
+  type RowOptions,
   type RowPlan,
   rowPlan,
   rowPrelude,
@@ -25,7 +28,6 @@ import {
 
 /** Bit pattern of a quiet NaN, passed as a uniform (a NaN constant is a WGSL compile error). */
 const NAN_BITS = 0x7fc00000;
-const WG = 256;
 
 const codes = new Map<string, string>();
 
@@ -39,15 +41,15 @@ struct P { rows: u32, units: u32, classes: u32, ls_eps: f32, nan_bits: u32 }
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 @group(0) @binding(3) var<storage, read_write> loss: array<f32>;
 @group(0) @binding(4) var<storage, read_write> lse_out: array<f32>;
-${lseReduceDecl(plan.wg)}
-${treeReduce("rsum", "f32", plan.wg, "a + b")}
+${lseReduceDecl(plan)}
+${treeReduce("rsum", "f32", plan, "a + b")}
 ${rowMain(plan)}
   ${cacheUnits(plan, ["x"])}
   var sx = 0.0;
   ${rowLogSumExp(plan, "sx += hsum(xv);")}
   let r = lse(vec2<f32>(lm, ls), li);
   let total = rsum(sx, li);
-  if (li == 0u) {
+  if (lead) {
     let l = r.x + log(r.y);
     lse_out[row] = l;
     let li32 = labels[row];
@@ -62,34 +64,44 @@ ${rowMain(plan)}
 }`;
 }
 
-const BACKWARD_CODE = /* wgsl */ `
-struct P { rows: u32, classes: u32, ls_eps: f32, gscale: f32, gstride: u32, nan_bits: u32 }
+function backwardCode(plan: RowPlan): string {
+  // Column index of each element of unit j, compared with the label all at once.
+  const cols = plan.vec ? "vec4<u32>(4u * j) + vec4<u32>(0u, 1u, 2u, 3u)" : "j";
+  const lab = plan.vec ? "vec4<u32>(lab)" : "lab";
+  return /* wgsl */ `
+${rowPrelude(plan)}
+struct P { rows: u32, units: u32, classes: u32, ls_eps: f32, gscale: f32, gstride: u32,
+  nan_bits: u32 }
 @group(0) @binding(0) var<uniform> p: P;
-@group(0) @binding(1) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read> labels: array<i32>;
 @group(0) @binding(3) var<storage, read> lse: array<f32>;
 @group(0) @binding(4) var<storage, read> g: array<f32>;
-@group(0) @binding(5) var<storage, read_write> dx: array<f32>;
-@compute @workgroup_size(${WG})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let i = ${FLAT_WG} * ${WG}u + li;
-  if (i >= p.rows * p.classes) { return; }
-  let row = i / p.classes;
-  let c = i % p.classes;
-  let lab = labels[row];
-  if (lab < 0 || u32(lab) >= p.classes) {
-    dx[i] = bitcast<f32>(p.nan_bits);
+@group(0) @binding(5) var<storage, read_write> dx: array<V>;
+${rowMain(plan)}
+  let li32 = labels[row];
+  if (li32 < 0 || u32(li32) >= p.classes) {
+    ${eachUnit(plan, [], "dx[base + j] = V(bitcast<f32>(p.nan_bits));")}
     return;
   }
-  let tgt = select(0.0, 1.0 - p.ls_eps, c == u32(lab)) + p.ls_eps / f32(p.classes);
-  dx[i] = g[row * p.gstride] * p.gscale * (exp(x[i] - lse[row]) - tgt);
+  let lab = u32(li32);
+  let l = lse[row];
+  let gr = g[row * p.gstride] * p.gscale;
+  let off = p.ls_eps / f32(p.classes);
+  ${
+    eachUnit(
+      plan,
+      ["x"],
+      `dx[base + j] = V(gr) * (exp(xv - V(l)) - select(V(off), V(1.0 - p.ls_eps + off), ${cols} == ${lab}));`,
+    )
+  }
 }`;
+}
 
 /**
  * Per-row losses `loss` [rows] and log-sum-exps `lse` [rows] of `logits` [rows, classes] against
  * int32 `labels` [rows] with label smoothing `smooth` in [0, 1]. Out-of-range labels give NaN.
- * `maxFloats` is a test hook (see `rowPlan`).
+ * `opts` overrides the launch shape (tests).
  */
 export function crossEntropyForward(
   logits: Buf,
@@ -99,15 +111,15 @@ export function crossEntropyForward(
   rows: number,
   classes: number,
   smooth: number,
-  maxFloats = MAX_CACHED_FLOATS,
+  opts: RowOptions = {},
 ): void {
   if (rows === 0 || classes === 0) return;
-  const plan = rowPlan(classes, maxFloats);
+  const plan = rowPlan(classes, rows, opts);
   const name = `cross_entropy_${planKey(plan)}`;
   let code = codes.get(name);
   if (code === undefined) codes.set(name, code = forwardCode(plan));
   const params = new Params().u32(rows, plan.units, classes).f32(smooth).u32(NAN_BITS).build();
-  dispatch(name, code, [logits, labels, loss, lse], params, grid(rows));
+  dispatch(name, code, [logits, labels, loss, lse], params, rowGrid(plan, rows));
 }
 
 /**
@@ -126,16 +138,15 @@ export function crossEntropyBackward(
   smooth: number,
   gScale: number,
   gStride: 0 | 1,
+  opts: RowOptions = {},
 ): void {
-  const n = rows * classes;
-  if (n === 0) return;
-  const params = new Params().u32(rows, classes).f32(smooth, gScale).u32(gStride, NAN_BITS)
-    .build();
-  dispatch(
-    "cross_entropy_grad",
-    BACKWARD_CODE,
-    [logits, labels, lse, g, dx],
-    params,
-    grid(Math.ceil(n / WG)),
-  );
+  if (rows === 0 || classes === 0) return;
+  // One pass over the row: nothing to keep in registers.
+  const plan = rowPlan(classes, rows, { ...opts, maxFloats: 0 });
+  const name = `cross_entropy_grad_${planKey(plan)}`;
+  let code = codes.get(name);
+  if (code === undefined) codes.set(name, code = backwardCode(plan));
+  const params = new Params().u32(rows, plan.units, classes).f32(smooth, gScale)
+    .u32(gStride, NAN_BITS).build();
+  dispatch(name, code, [logits, labels, lse, g, dx], params, rowGrid(plan, rows));
 }

@@ -5,14 +5,15 @@
  *   ||x|| > eps:  dx = (g - y * (g . y)) / ||x||
  *   otherwise:    dx = g / eps            (y = x / eps is linear in x there)
  */
-import { type Buf, dispatch, grid } from "./runtime.ts";
+import { type Buf, dispatch } from "./runtime.ts";
 import { Params } from "./wgsl.ts";
 import {
   cacheUnits,
   eachUnit,
-  MAX_CACHED_FLOATS,
   planKey,
+  rowGrid,
   rowMain,
+  type RowOptions,
   type RowPlan,
   rowPlan,
   rowPrelude,
@@ -35,7 +36,7 @@ struct P { rows: u32, units: u32, eps: f32 }
 @group(0) @binding(1) var<storage, read> x: array<V>;
 @group(0) @binding(2) var<storage, read_write> y: array<V>;
 @group(0) @binding(3) var<storage, read_write> norm: array<f32>;
-${treeReduce("rsum", "f32", plan.wg, "a + b")}
+${treeReduce("rsum", "f32", plan, "a + b")}
 ${rowMain(plan)}
   ${cacheUnits(plan, ["x"])}
   var q = 0.0;
@@ -43,7 +44,7 @@ ${rowMain(plan)}
   let nrm = sqrt(rsum(q, li));
   let inv = 1.0 / max(nrm, p.eps);
   ${eachUnit(plan, ["x"], "y[base + j] = xv * V(inv);")}
-  if (li == 0u) { norm[row] = nrm; }
+  if (lead) { norm[row] = nrm; }
 }`;
 }
 
@@ -56,7 +57,7 @@ struct P { rows: u32, units: u32, eps: f32 }
 @group(0) @binding(2) var<storage, read> g: array<V>;
 @group(0) @binding(3) var<storage, read> norm: array<f32>;
 @group(0) @binding(4) var<storage, read_write> dx: array<V>;
-${treeReduce("rsum", "f32", plan.wg, "a + b")}
+${treeReduce("rsum", "f32", plan, "a + b")}
 ${rowMain(plan)}
   ${cacheUnits(plan, ["y", "g"])}
   let nrm = norm[row];
@@ -72,7 +73,7 @@ ${rowMain(plan)}
 
 /**
  * y = x / max(||x||, eps) for each row of [rows, n] `x`; `norm` [rows] receives ||x||.
- * `maxFloats` is a test hook (see `rowPlan`).
+ * `opts` overrides the launch shape (tests).
  */
 export function l2NormForward(
   x: Buf,
@@ -81,14 +82,14 @@ export function l2NormForward(
   rows: number,
   n: number,
   eps: number,
-  maxFloats = MAX_CACHED_FLOATS,
+  opts: RowOptions = {},
 ): void {
   if (rows === 0 || n === 0) return;
-  const plan = rowPlan(n, maxFloats);
+  const plan = rowPlan(n, rows, opts);
   const name = `l2norm_${planKey(plan)}`;
   const code = cached(name, () => forwardCode(plan));
   const params = new Params().u32(rows, plan.units).f32(eps).build();
-  dispatch(name, code, [x, y, norm], params, grid(rows));
+  dispatch(name, code, [x, y, norm], params, rowGrid(plan, rows));
 }
 
 /** dx of {@link l2NormForward} from its output `y`, the gradient `g` and the saved `norm`. */
@@ -100,12 +101,12 @@ export function l2NormBackward(
   rows: number,
   n: number,
   eps: number,
-  maxFloats = MAX_CACHED_FLOATS,
+  opts: RowOptions = {},
 ): void {
   if (rows === 0 || n === 0) return;
-  const plan = rowPlan(n, maxFloats);
+  const plan = rowPlan(n, rows, opts);
   const name = `l2norm_grad_${planKey(plan)}`;
   const code = cached(name, () => backwardCode(plan));
   const params = new Params().u32(rows, plan.units).f32(eps).build();
-  dispatch(name, code, [y, g, norm, dx], params, grid(rows));
+  dispatch(name, code, [y, g, norm, dx], params, rowGrid(plan, rows));
 }

@@ -6,18 +6,21 @@
  *   variance as the mean of squared deviations (not E[x^2] - E[x]^2, which cancels badly); writes
  *   y and per-row stats [rows, 2] = (mean, rstd) for the backward.
  * - backward dx: one workgroup per row, both row sums in one vec2 tree.
- * - backward dw/db: a column reduction in two stages: workgroups of 64 columns x 4 row lanes sum
- *   chunks of rows into partials [chunks, n] (vec2: g * xhat and g), then one invocation per
- *   column adds the chunks. Deterministic (no atomics).
+ * - backward dw/db: a column reduction in two stages: workgroups of 64 columns x 4 row lanes
+ *   (GPU; 64 x 1 on CPU adapters) sum chunks of rows into partials [chunks, n] (vec2: g * xhat
+ *   and g), then one invocation per column adds the chunks. Deterministic (no atomics).
  */
-import { type Buf, dispatch, grid, pool } from "./runtime.ts";
+import { type Buf, dispatch, pool } from "./runtime.ts";
 import { Params } from "./wgsl.ts";
+import { gpu } from "./device.ts";
+import { isCpuAdapter } from "./tune.ts";
 import {
   cacheUnits,
   eachUnit,
-  MAX_CACHED_FLOATS,
   planKey,
+  rowGrid,
   rowMain,
+  type RowOptions,
   type RowPlan,
   rowPlan,
   rowPrelude,
@@ -46,7 +49,7 @@ ${wDecl}
 ${bDecl}
 @group(0) @binding(${bind++}) var<storage, read_write> y: array<V>;
 @group(0) @binding(${bind++}) var<storage, read_write> stats: array<vec2<f32>>;
-${treeReduce("rsum", "f32", plan.wg, "a + b")}
+${treeReduce("rsum", "f32", plan, "a + b")}
 ${rowMain(plan)}
   ${cacheUnits(plan, ["x"])}
   var s = 0.0;
@@ -56,7 +59,7 @@ ${rowMain(plan)}
   ${eachUnit(plan, ["x"], "let dv = xv - V(mu); q += hsum(dv * dv);")}
   let r = inverseSqrt(rsum(q, li) / p.n + p.eps);
   ${eachUnit(plan, ["x"], `y[base + j] = ${affine};`)}
-  if (li == 0u) { stats[row] = vec2<f32>(mu, r); }
+  if (lead) { stats[row] = vec2<f32>(mu, r); }
 }`;
 }
 
@@ -75,7 +78,7 @@ ${wDecl}
 @group(0) @binding(${o}) var<storage, read> g: array<V>;
 @group(0) @binding(${o + 1}) var<storage, read> stats: array<vec2<f32>>;
 @group(0) @binding(${o + 2}) var<storage, read_write> dx: array<V>;
-${treeReduce("rsum2", "vec2<f32>", plan.wg, "a + b")}
+${treeReduce("rsum2", "vec2<f32>", plan, "a + b")}
 ${rowMain(plan)}
   let st = stats[row];
   ${cacheUnits(plan, ["x", "g"])}
@@ -98,38 +101,43 @@ ${rowMain(plan)}
 }`;
 }
 
-const COLS = 64; // columns per workgroup in the parameter-gradient reduction
-const LANES = 4; // row lanes per column (COLS * LANES = 256 invocations)
-
-const PARTIAL_CODE = /* wgsl */ `
+/**
+ * Stage 1 of dw / db: workgroups of `cols` columns x `lanes` row lanes; lane l of column c sums
+ * rows r0 + l, r0 + l + lanes, ... of its chunk, then the lanes are added in workgroup memory.
+ * GPUs use 64 x 4 (coalesced rows, 4 lanes in flight); CPU adapters 64 x 1 (no barrier: lanes
+ * are SIMD lanes reading adjacent columns).
+ */
+function partialCode(cols: number, lanes: number): string {
+  const combine = lanes === 1 ? "let t = acc;" : `red[li] = acc;
+  workgroupBarrier();
+  var t = red[li];
+  for (var l = 1u; l < ${lanes}u; l++) { t += red[li + l * ${cols}u]; }`;
+  return /* wgsl */ `
 struct P { rows: u32, n: u32, rpc: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read> g: array<f32>;
 @group(0) @binding(3) var<storage, read> stats: array<vec2<f32>>;
 @group(0) @binding(4) var<storage, read_write> part: array<vec2<f32>>;
-var<workgroup> red: array<vec2<f32>, ${COLS * LANES}>;
-@compute @workgroup_size(${COLS * LANES})
+${lanes === 1 ? "" : `var<workgroup> red: array<vec2<f32>, ${cols * lanes}>;`}
+@compute @workgroup_size(${cols * lanes})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) li: u32) {
-  let c = wg.x * ${COLS}u + li % ${COLS}u;
-  let lane = li / ${COLS}u;
+  let c = wg.x * ${cols}u + li % ${cols}u;
+  let lane = li / ${cols}u;
   let r0 = wg.y * p.rpc;
   let r1 = min(r0 + p.rpc, p.rows);
   var acc = vec2<f32>(0.0, 0.0);
   if (c < p.n) {
-    for (var r = r0 + lane; r < r1; r += ${LANES}u) {
+    for (var r = r0 + lane; r < r1; r += ${lanes}u) {
       let st = stats[r];
       let gv = g[r * p.n + c];
       acc += vec2<f32>(gv * (x[r * p.n + c] - st.x) * st.y, gv);
     }
   }
-  red[li] = acc;
-  workgroupBarrier();
-  if (lane == 0u && c < p.n) {
-    part[wg.y * p.n + c] = (red[li] + red[li + ${COLS}u]) + (red[li + ${2 * COLS}u] +
-      red[li + ${3 * COLS}u]);
-  }
+  ${combine}
+  if (lane == 0u && c < p.n) { part[wg.y * p.n + c] = t; }
 }`;
+}
 
 function finalCode(hasW: boolean, hasB: boolean): string {
   const outs: string[] = [];
@@ -162,7 +170,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 /**
  * Forward layer norm of [rows, n] `x` into `y`, with optional per-column `w` and `b` ([n]);
  * writes `stats` [rows, 2] = (mean, rstd) for {@link layerNormBackwardInput} /
- * {@link layerNormBackwardParams}. `maxFloats` is a test hook (see `rowPlan`).
+ * {@link layerNormBackwardParams}. `opts` overrides the launch shape (tests).
  */
 export function layerNormForward(
   x: Buf,
@@ -173,15 +181,15 @@ export function layerNormForward(
   rows: number,
   n: number,
   eps: number,
-  maxFloats = MAX_CACHED_FLOATS,
+  opts: RowOptions = {},
 ): void {
   if (rows === 0 || n === 0) return;
-  const plan = rowPlan(n, maxFloats);
+  const plan = rowPlan(n, rows, opts);
   const name = `layernorm_${planKey(plan)}${w ? "_w" : ""}${b ? "_b" : ""}`;
   const code = cached(name, () => forwardCode(plan, w !== null, b !== null));
   const bufs = [x, ...(w ? [w] : []), ...(b ? [b] : []), y, stats];
   const params = new Params().u32(rows, plan.units).f32(n, eps).build();
-  dispatch(name, code, bufs, params, grid(rows));
+  dispatch(name, code, bufs, params, rowGrid(plan, rows));
 }
 
 /** dx of layer norm from `x`, optional `w`, output gradient `g` and the forward's `stats`. */
@@ -193,19 +201,26 @@ export function layerNormBackwardInput(
   dx: Buf,
   rows: number,
   n: number,
-  maxFloats = MAX_CACHED_FLOATS,
+  opts: RowOptions = {},
 ): void {
   if (rows === 0 || n === 0) return;
-  const plan = rowPlan(n, maxFloats);
+  const plan = rowPlan(n, rows, opts);
   const name = `layernorm_grad_x_${planKey(plan)}${w ? "_w" : ""}`;
   const code = cached(name, () => backwardInputCode(plan, w !== null));
   const bufs = [x, ...(w ? [w] : []), g, stats, dx];
-  dispatch(name, code, bufs, new Params().u32(rows, plan.units).f32(n).build(), grid(rows));
+  dispatch(
+    name,
+    code,
+    bufs,
+    new Params().u32(rows, plan.units).f32(n).build(),
+    rowGrid(plan, rows),
+  );
 }
 
 /**
  * dw[c] = sum_r g[r, c] * xhat[r, c] and db[c] = sum_r g[r, c] (either may be null: not computed).
- * Uses a temporary buffer of chunks * n vec2 partials from the pool.
+ * Uses a temporary buffer of chunks * n vec2 partials from the pool. `lanes` (row lanes per
+ * column: 1, 2, 4 or 8) overrides the adapter's choice (tests).
  */
 export function layerNormBackwardParams(
   x: Buf,
@@ -215,21 +230,28 @@ export function layerNormBackwardParams(
   db: Buf | null,
   rows: number,
   n: number,
+  lanes?: number,
 ): void {
   if (n === 0 || (!dw && !db)) return;
-  // Rows per chunk: 64, more when there are so many rows that the chunk count would pass the
-  // grid limit. The chunk count times the column blocks gives the parallelism.
+  // Rows per chunk: 64 (GPU) or 256 (CPU: fewer partials, 2+ column blocks already fill the
+  // cores), more when the chunk count would pass the grid limit. Chunks x column blocks gives
+  // the parallelism.
+  const cpu = isCpuAdapter(gpu().adapter);
+  const cols = 64;
+  lanes ??= cpu ? 1 : 4;
+  if (![1, 2, 4, 8].includes(lanes)) throw new RangeError(`layerNorm: lanes ${lanes}`);
   const maxY = 65535;
-  const rpc = Math.max(64, Math.ceil(rows / maxY));
+  const rpc = Math.max(cpu ? 256 : 64, Math.ceil(rows / maxY));
   const chunks = Math.max(1, Math.ceil(rows / rpc));
-  const colBlocks = Math.ceil(n / COLS);
+  const colBlocks = Math.ceil(n / cols);
   if (colBlocks > maxY) throw new RangeError(`layerNorm: ${n} columns exceed the grid limit`);
   const part = pool.acquire(chunks * n * 8);
   try {
     // With rows = 0 the one chunk is empty and the partials (hence dw, db) are zeros.
+    const name = `layernorm_grad_wb_partial_${cols}x${lanes}`;
     dispatch(
-      "layernorm_grad_wb_partial",
-      PARTIAL_CODE,
+      name,
+      cached(name, () => partialCode(cols, lanes)),
       [x, g, stats, part],
       new Params().u32(rows, n, rpc).build(),
       [colBlocks, chunks],

@@ -3,7 +3,7 @@
  * mirror of the mask, determinism, gradient, identity cases).
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
-import { crossEntropyRef } from "./ref_nn_ops.ts";
+import { crossEntropyRef, ROW_CASES, ROW_LAUNCHES } from "./ref_nn_ops.ts";
 import { crossEntropyBackward, crossEntropyForward } from "../kernels/cross_entropy.ts";
 import { dropoutKeep } from "../kernels/dropout.ts";
 import { backward } from "../nn/autograd.ts";
@@ -67,18 +67,21 @@ gpuTest("crossEntropy: every reduction and smoothing matches float64", async () 
   }
 });
 
-gpuTest("crossEntropy: streamed rows match float64", async () => {
-  for (const [B, C] of [[3, 33], [4, 1000]]) {
-    const xd = randArray(B * C, 1000 + C, -4, 4), labels = randLabels(B, C, C);
-    const g = randArray(B, 5 + C);
-    const [x, lab, gt] = [tensor(xd, [B, C]), tensor(labels, [B]), tensor(g, [B])];
-    const [loss, lse, dx] = [empty([B]), empty([B]), empty([B, C])];
-    crossEntropyForward(x.buf, lab.buf, loss.buf, lse.buf, B, C, 0.2, 0);
-    crossEntropyBackward(x.buf, lab.buf, lse.buf, gt.buf, dx.buf, B, C, 0.2, 1, 1);
-    const ref = crossEntropyRef(xd, labels, B, C, 0.2, g);
-    assertClose(await loss.toArray(), ref.loss, LOSS, `streamed crossEntropy [${B},${C}]`);
-    assertClose(await dx.toArray(), ref.dx, GRAD, `streamed crossEntropy grad [${B},${C}]`);
-    for (const t of [x, lab, gt, loss, lse, dx]) t.dispose();
+gpuTest("crossEntropy: every launch shape matches float64", async () => {
+  for (const opts of ROW_LAUNCHES) {
+    for (const [B, C] of ROW_CASES) {
+      const xd = randArray(B * C, 1000 + C, -4, 4), labels = randLabels(B, C, C);
+      const g = randArray(B, 5 + C);
+      const [x, lab, gt] = [tensor(xd, [B, C]), tensor(labels, [B]), tensor(g, [B])];
+      const [loss, lse, dx] = [empty([B]), empty([B]), empty([B, C])];
+      crossEntropyForward(x.buf, lab.buf, loss.buf, lse.buf, B, C, 0.2, opts);
+      crossEntropyBackward(x.buf, lab.buf, lse.buf, gt.buf, dx.buf, B, C, 0.2, 1, 1, opts);
+      const ref = crossEntropyRef(xd, labels, B, C, 0.2, g);
+      const label = `crossEntropy [${B},${C}] ${JSON.stringify(opts)}`;
+      assertClose(await loss.toArray(), ref.loss, LOSS, label);
+      assertClose(await dx.toArray(), ref.dx, GRAD, `${label} grad`);
+      for (const t of [x, lab, gt, loss, lse, dx]) t.dispose();
+    }
   }
 });
 

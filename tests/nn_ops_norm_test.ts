@@ -3,7 +3,7 @@
  * references (cached and streamed rows, with and without weight / bias), and finite differences.
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
-import { l2NormRef, layerNormRef } from "./ref_nn_ops.ts";
+import { l2NormRef, layerNormRef, ROW_CASES, ROW_LAUNCHES } from "./ref_nn_ops.ts";
 import { matmulRef } from "./reference.ts";
 import {
   layerNormBackwardInput,
@@ -20,7 +20,7 @@ const BWD = { atol: 1e-5, rtol: 1e-4 };
 // dw / db sum over all rows: f32 accumulation error grows with the row count.
 const PARAM = { atol: 1e-4, rtol: 1e-4 };
 
-const SHAPES = [[1, 1], [7, 33], [3, 5, 129], [4, 1000], [2, 768], [2, 8195], [3, 8200]];
+const SHAPES = [[1, 1], [7, 33], [3, 5, 129], [4, 1000], [40, 77], [2, 768], [2, 8195], [3, 8200]];
 
 /** Run `f` with grads on; return the values of `outs` and of each input's gradient. */
 async function runWithGrad(
@@ -71,26 +71,36 @@ gpuTest("layerNorm: forward and all gradients match float64 on odd shapes", asyn
   }
 });
 
-gpuTest("layerNorm: streamed rows and many-row parameter reduction match float64", async () => {
-  // maxFloats = 0 forces the streaming kernels; 300 rows make several row chunks for dw/db.
-  for (const [rows, n] of [[3, 33], [5, 1000], [300, 129]]) {
-    const xd = randArray(rows * n, 7 + n, -2, 2), gd = randArray(rows * n, 8 + n);
-    const wd = randArray(n, 9 + n, 0.5, 1.5), bd = randArray(n, 10 + n);
-    const [x, g, w, b] = [tensor(xd, [rows, n]), tensor(gd, [rows, n]), tensor(wd), tensor(bd)];
-    const y = empty([rows, n]), stats = empty([rows, 2]), dx = empty([rows, n]);
-    const dw = empty([n]), db = empty([n]);
-    layerNormForward(x.buf, w.buf, b.buf, y.buf, stats.buf, rows, n, 1e-5, 0);
-    layerNormBackwardInput(x.buf, w.buf, g.buf, stats.buf, dx.buf, rows, n, 0);
-    layerNormBackwardParams(x.buf, g.buf, stats.buf, dw.buf, db.buf, rows, n);
-    const ref = layerNormRef(xd, wd, bd, rows, n, 1e-5, gd);
-    const label = `streamed layerNorm [${rows},${n}]`;
-    assertClose(await y.toArray(), ref.y, FWD, label);
-    assertClose(await dx.toArray(), ref.dx, BWD, `${label} dx`);
-    assertClose(await dw.toArray(), ref.dw, PARAM, `${label} dw`);
-    assertClose(await db.toArray(), ref.db, PARAM, `${label} db`);
-    for (const t of [x, g, w, b, y, stats, dx, dw, db]) t.dispose();
-  }
-});
+gpuTest(
+  "layerNorm: every launch shape, and a many-row parameter reduction, match float64",
+  async () => {
+    // 300 rows make several row chunks for dw / db.
+    const cases: [{ threads?: number; maxFloats?: number }, number, number][] = [
+      ...ROW_LAUNCHES.flatMap((o) =>
+        ROW_CASES.map(([r, n]) => [o, r, n] as [typeof o, number, number])
+      ),
+      [{}, 300, 129],
+      [{}, 301, 129],
+    ];
+    for (const [opts, rows, n] of cases) {
+      const xd = randArray(rows * n, 7 + n, -2, 2), gd = randArray(rows * n, 8 + n);
+      const wd = randArray(n, 9 + n, 0.5, 1.5), bd = randArray(n, 10 + n);
+      const [x, g, w, b] = [tensor(xd, [rows, n]), tensor(gd, [rows, n]), tensor(wd), tensor(bd)];
+      const y = empty([rows, n]), stats = empty([rows, 2]), dx = empty([rows, n]);
+      const dw = empty([n]), db = empty([n]);
+      layerNormForward(x.buf, w.buf, b.buf, y.buf, stats.buf, rows, n, 1e-5, opts);
+      layerNormBackwardInput(x.buf, w.buf, g.buf, stats.buf, dx.buf, rows, n, opts);
+      layerNormBackwardParams(x.buf, g.buf, stats.buf, dw.buf, db.buf, rows, n);
+      const ref = layerNormRef(xd, wd, bd, rows, n, 1e-5, gd);
+      const label = `layerNorm [${rows},${n}] ${JSON.stringify(opts)}`;
+      assertClose(await y.toArray(), ref.y, FWD, label);
+      assertClose(await dx.toArray(), ref.dx, BWD, `${label} dx`);
+      assertClose(await dw.toArray(), ref.dw, PARAM, `${label} dw`);
+      assertClose(await db.toArray(), ref.db, PARAM, `${label} db`);
+      for (const t of [x, g, w, b, y, stats, dx, dw, db]) t.dispose();
+    }
+  },
+);
 
 gpuTest("layerNorm: gradient matches finite differences", async () => {
   const n = 7, rows = 5;
@@ -145,17 +155,21 @@ gpuTest(
     assertClose(y, ref.y, { atol: 1e-6, rtol: 1e-5 }, "l2Normalize clamped rows");
     assertClose(grads[0]!, ref.dx, { atol: 1e-3, rtol: 1e-5 }, "l2Normalize clamped rows dx");
     x.dispose();
-    // Streamed kernel path.
-    const rows = 4, m = 1000;
-    const xs = randArray(rows * m, 77), gs = randArray(rows * m, 78);
-    const [xt, gt] = [tensor(xs, [rows, m]), tensor(gs, [rows, m])];
-    const [yt, nt, dt] = [empty([rows, m]), empty([rows]), empty([rows, m])];
-    l2NormForward(xt.buf, yt.buf, nt.buf, rows, m, 1e-12, 0);
-    l2NormBackward(yt.buf, gt.buf, nt.buf, dt.buf, rows, m, 1e-12, 0);
-    const r2 = l2NormRef(xs, rows, m, 1e-12, gs);
-    assertClose(await yt.toArray(), r2.y, FWD, "streamed l2Normalize");
-    assertClose(await dt.toArray(), r2.dx, BWD, "streamed l2Normalize dx");
-    for (const t of [xt, gt, yt, nt, dt]) t.dispose();
+    // Every launch shape.
+    for (const opts of ROW_LAUNCHES) {
+      for (const [rows, m] of ROW_CASES) {
+        const xs = randArray(rows * m, 77), gs = randArray(rows * m, 78);
+        const [xt, gt] = [tensor(xs, [rows, m]), tensor(gs, [rows, m])];
+        const [yt, nt, dt] = [empty([rows, m]), empty([rows]), empty([rows, m])];
+        l2NormForward(xt.buf, yt.buf, nt.buf, rows, m, 1e-12, opts);
+        l2NormBackward(yt.buf, gt.buf, nt.buf, dt.buf, rows, m, 1e-12, opts);
+        const r2 = l2NormRef(xs, rows, m, 1e-12, gs);
+        const label = `l2Normalize [${rows},${m}] ${JSON.stringify(opts)}`;
+        assertClose(await yt.toArray(), r2.y, FWD, label);
+        assertClose(await dt.toArray(), r2.dx, BWD, `${label} dx`);
+        for (const t of [xt, gt, yt, nt, dt]) t.dispose();
+      }
+    }
   },
 );
 

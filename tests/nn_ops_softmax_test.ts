@@ -4,7 +4,7 @@
  * analytic float64 gradient and against finite differences.
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
-import { softmaxGradRef, softmaxRef } from "./ref_nn_ops.ts";
+import { ROW_CASES, ROW_LAUNCHES, softmaxGradRef, softmaxRef } from "./ref_nn_ops.ts";
 import { softmaxBackward, softmaxForward } from "../kernels/softmax.ts";
 import { backward } from "../nn/autograd.ts";
 import { empty, numel, tensor, tidy } from "../nn/tensor.ts";
@@ -14,8 +14,9 @@ const FWD = { atol: 1e-6, rtol: 1e-4 }; // probabilities in [0, 1]
 const LOGFWD = { atol: 1e-5, rtol: 1e-5 };
 const BWD = { atol: 1e-6, rtol: 1e-4 };
 
-// Odd sizes, a vec4 row (1000), rows past the register cache (8200 vec4 / 8195 scalar: streamed).
-const SHAPES = [[1, 1], [7, 33], [3, 5, 129], [4, 1000], [2, 64], [2, 8200], [3, 8195]];
+// Odd sizes, vec4 rows (1000, 64), many rows (40: lane mode on CPU adapters), rows past the
+// register cache (8200 vec4 / 8195 scalar: streamed).
+const SHAPES = [[1, 1], [7, 33], [3, 5, 129], [4, 1000], [40, 77], [2, 64], [2, 8200], [3, 8195]];
 
 for (const log of [false, true]) {
   const name = log ? "logSoftmax" : "softmax";
@@ -42,23 +43,19 @@ for (const log of [false, true]) {
     }
   });
 
-  gpuTest(`${name}: streamed rows (no register cache) match float64`, async () => {
-    // maxFloats = 0 forces the streaming kernels on rows that would otherwise be cached.
-    for (const [rows, n] of [[3, 33], [5, 1000], [2, 129]]) {
-      const xd = randArray(rows * n, 3 + n, -5, 5), gd = randArray(rows * n, 4 + n);
-      const x = tensor(xd, [rows, n]), g = tensor(gd, [rows, n]);
-      const y = empty([rows, n]), dx = empty([rows, n]);
-      softmaxForward(x.buf, y.buf, rows, n, log, 0);
-      softmaxBackward(y.buf, g.buf, dx.buf, rows, n, log, 0);
-      const tol = log ? LOGFWD : FWD;
-      assertClose(await y.toArray(), softmaxRef(xd, rows, n, log), tol, `streamed [${rows},${n}]`);
-      assertClose(
-        await dx.toArray(),
-        softmaxGradRef(xd, gd, rows, n, log),
-        BWD,
-        `streamed grad [${rows},${n}]`,
-      );
-      for (const t of [x, g, y, dx]) t.dispose();
+  gpuTest(`${name}: every launch shape (lane/group, cached/streamed) matches float64`, async () => {
+    for (const opts of ROW_LAUNCHES) {
+      for (const [rows, n] of ROW_CASES) {
+        const xd = randArray(rows * n, 3 + n, -5, 5), gd = randArray(rows * n, 4 + n);
+        const x = tensor(xd, [rows, n]), g = tensor(gd, [rows, n]);
+        const y = empty([rows, n]), dx = empty([rows, n]);
+        softmaxForward(x.buf, y.buf, rows, n, log, opts);
+        softmaxBackward(y.buf, g.buf, dx.buf, rows, n, log, opts);
+        const label = `[${rows},${n}] ${JSON.stringify(opts)}`;
+        assertClose(await y.toArray(), softmaxRef(xd, rows, n, log), log ? LOGFWD : FWD, label);
+        assertClose(await dx.toArray(), softmaxGradRef(xd, gd, rows, n, log), BWD, `grad ${label}`);
+        for (const t of [x, g, y, dx]) t.dispose();
+      }
     }
   });
 
