@@ -170,10 +170,13 @@ function registerCode(v: Variant): string {
   const { TM, TN, WX, WY } = v.t;
   const KS = v.a === "vk" || v.b === "vk" ? 4 : 1;
   const L: string[] = [];
-  const rowOf = WY === 1 ? `(wg.y + p.wy0) * ${TM}u` : `((wg.y + p.wy0) * ${WY}u + lid.y) * ${TM}u`;
+  // Which grid axis walks the row blocks (see MatmulTile.rowsFirst).
+  const wgM = v.t.rowsFirst ? "(wg.x + p.wx0)" : "(wg.y + p.wy0)";
+  const wgN = v.t.rowsFirst ? "(wg.y + p.wy0)" : "(wg.x + p.wx0)";
+  const rowOf = WY === 1 ? `${wgM} * ${TM}u` : `(${wgM} * ${WY}u + lid.y) * ${TM}u`;
   L.push(`let b = wg.z + p.wz0;`);
   L.push(`let m0 = ${rowOf};`);
-  L.push(`let n0 = ((wg.x + p.wx0) * ${WX}u + lid.x) * ${TN}u;`);
+  L.push(`let n0 = (${wgN} * ${WX}u + lid.x) * ${TN}u;`);
   // Per-row / per-column base addresses (clamped: out-of-range results are never stored).
   if (v.a === "vm") {
     for (let i = 0; i < TM; i += 4) L.push(`let mq${i} = min((m0 + ${i}u) / 4u, p.M / 4u - 1u);`);
@@ -445,7 +448,9 @@ export function matmulKernel(
     (act === "none" ? "" : `_${act}`);
   const bufs = bias ? [a, b, c, bias] : [a, b, c];
   const BM = t.TM * t.WY, BN = t.TN * t.WX;
-  const gx = Math.ceil(d.N / BN), gy = Math.ceil(d.M / BM), gz = d.batch;
+  const nBlocks = Math.ceil(d.N / BN), mBlocks = Math.ceil(d.M / BM), gz = d.batch;
+  const rowsFirst = (t.kind ?? "register") === "register" && (t.rowsFirst ?? false);
+  const gx = rowsFirst ? mBlocks : nBlocks, gy = rowsFirst ? nBlocks : mBlocks;
   const max = limits.maxComputeWorkgroupsPerDimension;
   for (let z0 = 0; z0 < gz; z0 += max) {
     for (let y0 = 0; y0 < gy; y0 += max) {

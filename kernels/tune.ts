@@ -26,6 +26,11 @@ export interface MatmulTile {
   kind?: "register" | "shared";
   /** Depth of the workgroup-memory tile (shared kind only); default 8. */
   BK?: number;
+  /**
+   * Register kind only: consecutive workgroups walk down the rows (the grid's x axis counts row
+   * blocks), so they reuse one panel of B from cache while A streams through contiguously.
+   */
+  rowsFirst?: boolean;
 }
 
 /** The sizes a tile is chosen for (batch, rows, columns, depth). */
@@ -60,11 +65,13 @@ function count(s: MatmulShape, bm: number, bn: number): number {
 function cpuTile(s: MatmulShape): MatmulTile {
   // Measured on llvmpipe (2 cores, 1024^3): 16x8 and 8x16 ~28 GFLOP/s, 8x8 ~21, 4x4 ~8. Smaller
   // tiles only when the big one would leave a core idle.
+  // rowsFirst: consecutive workgroups share B's column panel in cache (NN 1024^3 under load:
+  // 480 -> 284 ms).
   if (count(s, 16, 64) >= 4 || s.K < 16) {
-    return s.M >= 16 ? { TM: 16, TN: 8, WX: 8, WY: 1 } : { TM: 4, TN: 8, WX: 8, WY: 1 };
+    return { TM: s.M >= 16 ? 16 : 4, TN: 8, WX: 8, WY: 1, rowsFirst: true };
   }
-  if (count(s, 8, 32) >= 4) return { TM: 8, TN: 4, WX: 8, WY: 1 };
-  return { TM: 4, TN: 4, WX: 8, WY: 1 };
+  if (count(s, 8, 32) >= 4) return { TM: 8, TN: 4, WX: 8, WY: 1, rowsFirst: true };
+  return { TM: 4, TN: 4, WX: 8, WY: 1, rowsFirst: true };
 }
 
 /** Workgroup-memory tile for a GPU: as large as still gives enough workgroups to fill it. */
