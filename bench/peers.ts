@@ -120,13 +120,24 @@ type Ort = typeof import("onnxruntime-web/webgpu");
 type OrtTensor = InstanceType<Ort["Tensor"]>;
 
 /**
+ * Where ORT's WebAssembly files are: `ORT_WASM_DIR` (a folder holding
+ * ort-wasm-simd-threaded.asyncify.{mjs,wasm}, e.g. for a bundled compare.js on a server), else
+ * next to the package in node_modules.
+ */
+function ortWasmDir(): string {
+  const dir = Deno.env.get("ORT_WASM_DIR");
+  if (dir) return new URL(dir.endsWith("/") ? dir : dir + "/", `file://${Deno.cwd()}/`).href;
+  return new URL(".", import.meta.resolve("onnxruntime-web/webgpu")).href;
+}
+
+/**
  * Load onnxruntime-web with its WebGPU execution provider. Its WebAssembly files are found next to
  * the module in node_modules; one wasm thread (the work runs on the GPU).
  */
 export async function loadOrt(): Promise<Peer> {
   const ort: Ort = await import("onnxruntime-web/webgpu");
   ort.env.wasm.numThreads = 1;
-  ort.env.wasm.wasmPaths = new URL(".", import.meta.resolve("onnxruntime-web/webgpu")).href;
+  ort.env.wasm.wasmPaths = ortWasmDir();
   ort.env.logLevel = "error";
   let device: GPUDevice | null = null;
 

@@ -139,21 +139,31 @@ fn epi(x: f32, n: u32) -> f32 {
 }`;
 }
 
-/** Stores of a TM x TN block held in scalars `c{i}_{j}` (rows m0+i, columns n0+j). */
-function stores(v: Variant, TM: number, TN: number): string {
+/**
+ * Stores of a TM x TN block held in scalars `c{i}_{j}`: accumulator (i, j) belongs to row
+ * `row(i)` and column `col(j)` (WGSL expressions); columns 4g..4g+3 must be consecutive when C is
+ * stored as vec4.
+ */
+function stores(
+  v: Variant,
+  TM: number,
+  TN: number,
+  row: (i: number) => string = (i) => `m0 + ${i}u`,
+  col: (j: number) => string = (j) => `n0 + ${j}u`,
+): string {
   const out: string[] = [];
   for (let i = 0; i < TM; i++) {
-    out.push(`if (m0 + ${i}u < p.M) {`);
-    out.push(`  let r${i} = (b * p.M + m0 + ${i}u) * p.N;`);
+    out.push(`if (${row(i)} < p.M) {`);
+    out.push(`  let r${i} = (b * p.M + ${row(i)}) * p.N;`);
     if (v.cv) {
       for (let j = 0; j < TN; j += 4) {
-        const e = [0, 1, 2, 3].map((q) => `epi(c${i}_${j + q}, min(n0 + ${j + q}u, p.N - 1u))`);
-        out.push(`  if (n0 + ${j}u < p.N) { C[(r${i} + n0 + ${j}u) / 4u] = vec4<f32>(${e}); }`);
+        const e = [0, 1, 2, 3].map((q) => `epi(c${i}_${j + q}, min(${col(j + q)}, p.N - 1u))`);
+        out.push(`  if (${col(j)} < p.N) { C[(r${i} + ${col(j)}) / 4u] = vec4<f32>(${e}); }`);
       }
     } else {
       for (let j = 0; j < TN; j++) {
         out.push(
-          `  if (n0 + ${j}u < p.N) { C[r${i} + n0 + ${j}u] = epi(c${i}_${j}, n0 + ${j}u); }`,
+          `  if (${col(j)} < p.N) { C[r${i} + ${col(j)}] = epi(c${i}_${j}, ${col(j)}); }`,
         );
       }
     }
@@ -273,7 +283,15 @@ function sharedCode(v: Variant): string {
   const { TM, TN, WX, WY } = v.t;
   const BK = v.t.BK ?? 8;
   const BM = WY * TM, BN = WX * TN, T = WX * WY;
+  // vec4 tiles in workgroup memory when each invocation's block is made of whole vec4s.
+  const vec = TM % 4 === 0 && TN % 4 === 0;
   const L: string[] = [];
+  L.push(`let b = wg.z + p.wz0;`);
+  L.push(`let tx = lid.x; let ty = lid.y; let li = ty * ${WX}u + tx;`);
+  L.push(`let mt = (wg.y + p.wy0) * ${BM}u; let nt = (wg.x + p.wx0) * ${BN}u;`);
+  /** Store scalar `val` at element `idx` of tile `arr` (a vec4 array when `vec`). */
+  const put = (arr: string, idx: string, val: string) =>
+    vec ? `{ let i_ = ${idx}; ${arr}[i_ / 4u][i_ % 4u] = ${val}; }` : `${arr}[${idx}] = ${val};`;
   // ---- global -> workgroup memory, per operand; `e` enumerates the tile's elements/vec4s.
   const loadA: string[] = [];
   if (v.a === "vk") {
@@ -283,7 +301,9 @@ function sharedCode(v: Variant): string {
     loadA.push(`  let m = mt + row; let k = k0 + kq * 4u;`);
     loadA.push(`  var x = vec4<f32>();`);
     loadA.push(`  if (m < p.M && k < p.K) { x = A[(b * p.sab + m * p.sam + k) / 4u]; }`);
-    loadA.push(`  for (var q = 0u; q < 4u; q++) { As[(kq * 4u + q) * ${BM}u + row] = x[q]; }`);
+    loadA.push(
+      `  for (var q = 0u; q < 4u; q++) { ${put("As", `(kq * 4u + q) * ${BM}u + row`, "x[q]")} }`,
+    );
     loadA.push(`}`);
   } else if (v.a === "vm") {
     const n = (BM * BK) / 4;
@@ -292,7 +312,13 @@ function sharedCode(v: Variant): string {
     loadA.push(`  let m = mt + mq * 4u; let k = k0 + kk;`);
     loadA.push(`  var x = vec4<f32>();`);
     loadA.push(`  if (m < p.M && k < p.K) { x = A[(b * p.sab + k * p.sak + m) / 4u]; }`);
-    loadA.push(`  for (var q = 0u; q < 4u; q++) { As[kk * ${BM}u + mq * 4u + q] = x[q]; }`);
+    loadA.push(
+      `  ${
+        vec
+          ? `As[kk * ${BM / 4}u + mq] = x;`
+          : `for (var q = 0u; q < 4u; q++) { As[kk * ${BM}u + mq * 4u + q] = x[q]; }`
+      }`,
+    );
     loadA.push(`}`);
   } else {
     // Consecutive invocations read consecutive addresses along the contiguous axis.
@@ -304,7 +330,7 @@ function sharedCode(v: Variant): string {
     loadA.push(`  let m = mt + row; let k = k0 + kk;`);
     loadA.push(`  var x = 0.0;`);
     loadA.push(`  if (m < p.M && k < p.K) { x = A[b * p.sab + m * p.sam + k * p.sak]; }`);
-    loadA.push(`  As[kk * ${BM}u + row] = x;`);
+    loadA.push(`  ${put("As", `kk * ${BM}u + row`, "x")}`);
     loadA.push(`}`);
   }
   const loadB: string[] = [];
@@ -315,7 +341,13 @@ function sharedCode(v: Variant): string {
     loadB.push(`  let n = nt + nq * 4u; let k = k0 + kk;`);
     loadB.push(`  var x = vec4<f32>();`);
     loadB.push(`  if (n < p.N && k < p.K) { x = B[(b * p.sbb + k * p.sbk + n) / 4u]; }`);
-    loadB.push(`  for (var q = 0u; q < 4u; q++) { Bs[kk * ${BN}u + nq * 4u + q] = x[q]; }`);
+    loadB.push(
+      `  ${
+        vec
+          ? `Bs[kk * ${BN / 4}u + nq] = x;`
+          : `for (var q = 0u; q < 4u; q++) { Bs[kk * ${BN}u + nq * 4u + q] = x[q]; }`
+      }`,
+    );
     loadB.push(`}`);
   } else if (v.b === "vk") {
     const n = (BN * BK) / 4;
@@ -324,7 +356,9 @@ function sharedCode(v: Variant): string {
     loadB.push(`  let n = nt + col; let k = k0 + kq * 4u;`);
     loadB.push(`  var x = vec4<f32>();`);
     loadB.push(`  if (n < p.N && k < p.K) { x = B[(b * p.sbb + n * p.sbn + k) / 4u]; }`);
-    loadB.push(`  for (var q = 0u; q < 4u; q++) { Bs[(kq * 4u + q) * ${BN}u + col] = x[q]; }`);
+    loadB.push(
+      `  for (var q = 0u; q < 4u; q++) { ${put("Bs", `(kq * 4u + q) * ${BN}u + col`, "x[q]")} }`,
+    );
     loadB.push(`}`);
   } else {
     const idx = v.b === "sk"
@@ -335,7 +369,7 @@ function sharedCode(v: Variant): string {
     loadB.push(`  let n = nt + col; let k = k0 + kk;`);
     loadB.push(`  var x = 0.0;`);
     loadB.push(`  if (n < p.N && k < p.K) { x = B[b * p.sbb + k * p.sbk + n * p.sbn]; }`);
-    loadB.push(`  Bs[kk * ${BN}u + col] = x;`);
+    loadB.push(`  ${put("Bs", `kk * ${BN}u + col`, "x")}`);
     loadB.push(`}`);
   }
   const acc: string[] = [];
@@ -343,18 +377,44 @@ function sharedCode(v: Variant): string {
     acc.push(Array.from({ length: TN }, (_, j) => `var c${i}_${j} = 0.0;`).join(" "));
   }
   const inner: string[] = [];
-  for (let i = 0; i < TM; i++) inner.push(`let a${i} = As[kk * ${BM}u + ty * ${TM}u + ${i}u];`);
-  for (let j = 0; j < TN; j++) inner.push(`let b${j} = Bs[kk * ${BN}u + tx * ${TN}u + ${j}u];`);
-  for (let i = 0; i < TM; i++) {
-    for (let j = 0; j < TN; j++) inner.push(`c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`);
+  let row: (i: number) => string, col: (j: number) => string;
+  if (vec) {
+    // Interleaved: invocation (tx, ty) owns row groups g*WY+ty and column groups g*WX+tx (4 wide),
+    // so neighbouring invocations read neighbouring vec4s of Bs (no bank conflicts) and the
+    // same vec4 of As (a broadcast).
+    for (let g = 0; g < TM / 4; g++) {
+      inner.push(`let a${g} = As[kk * ${BM / 4}u + ${g * WY}u + ty];`);
+      L.push(`let mr${g} = mt + (${g * WY}u + ty) * 4u;`);
+    }
+    for (let g = 0; g < TN / 4; g++) {
+      inner.push(`let b${g} = Bs[kk * ${BN / 4}u + ${g * WX}u + tx];`);
+      L.push(`let nc${g} = nt + (${g * WX}u + tx) * 4u;`);
+    }
+    for (let i = 0; i < TM; i++) {
+      for (let j = 0; j < TN; j++) {
+        inner.push(
+          `c${i}_${j} = fma(a${i >> 2}[${i & 3}], b${j >> 2}[${j & 3}], c${i}_${j});`,
+        );
+      }
+    }
+    row = (i) => `mr${i >> 2} + ${i & 3}u`;
+    col = (j) => `nc${j >> 2} + ${j & 3}u`;
+  } else {
+    for (let i = 0; i < TM; i++) inner.push(`let a${i} = As[kk * ${BM}u + ty * ${TM}u + ${i}u];`);
+    for (let j = 0; j < TN; j++) inner.push(`let b${j} = Bs[kk * ${BN}u + tx * ${TN}u + ${j}u];`);
+    for (let i = 0; i < TM; i++) {
+      for (let j = 0; j < TN; j++) inner.push(`c${i}_${j} = fma(a${i}, b${j}, c${i}_${j});`);
+    }
+    L.push(`let m0 = mt + ty * ${TM}u; let n0 = nt + tx * ${TN}u;`);
+    row = (i) => `m0 + ${i}u`;
+    col = (j) => `n0 + ${j}u`;
   }
-  L.push(`let b = wg.z + p.wz0;`);
-  L.push(`let tx = lid.x; let ty = lid.y; let li = ty * ${WX}u + tx;`);
-  L.push(`let mt = (wg.y + p.wy0) * ${BM}u; let nt = (wg.x + p.wx0) * ${BN}u;`);
-  L.push(`let m0 = mt + ty * ${TM}u; let n0 = nt + tx * ${TN}u;`);
+  const decl = vec
+    ? `var<workgroup> As: array<vec4<f32>, ${(BM * BK) / 4}>;\n` +
+      `var<workgroup> Bs: array<vec4<f32>, ${(BN * BK) / 4}>;`
+    : `var<workgroup> As: array<f32, ${BM * BK}>;\nvar<workgroup> Bs: array<f32, ${BN * BK}>;`;
   return /* wgsl */ `${bindings(v)}
-var<workgroup> As: array<f32, ${BM * BK}>;
-var<workgroup> Bs: array<f32, ${BN * BK}>;
+${decl}
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${L.join("\n  ")}
@@ -368,7 +428,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid:
     }
     workgroupBarrier();
   }
-  ${stores(v, TM, TN)}
+  ${stores(v, TM, TN, row, col)}
 }`;
 }
 

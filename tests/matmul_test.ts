@@ -23,13 +23,20 @@ import { assertClose, gpuTest, randArray } from "./util.ts";
 const REGISTER: MatmulTile = { TM: 16, TN: 8, WX: 8, WY: 1, rowsFirst: true };
 const REGISTER_SMALL: MatmulTile = { TM: 4, TN: 4, WX: 8, WY: 1 };
 // Small workgroup-memory tiles: llvmpipe through GL compiles barrier kernels slowly (seconds per
-// pipeline, ~40 s for the 16x16-invocation GPU tile), so most checks use an 4x4-invocation one.
-const SHARED: MatmulTile = { kind: "shared", TM: 2, TN: 4, WX: 4, WY: 4, BK: 8 };
+// pipeline, ~40 s for the 16x16-invocation GPU tile), so most checks use a 4x2-invocation one
+// (vec4 tiles in workgroup memory, interleaved like the GPU tiles; "custom odd tiles" covers the
+// scalar layout).
+const SHARED: MatmulTile = { kind: "shared", TM: 4, TN: 4, WX: 4, WY: 2, BK: 8 };
 const SHARED_GPU: MatmulTile = { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 8 };
 const TILES: [string, MatmulTile, boolean][] = [
   ["register 16x8", REGISTER, true],
   ["register 8x16 columns-first", { TM: 8, TN: 16, WX: 8, WY: 1 }, false],
   ["shared 8x16", SHARED, true],
+  [
+    "shared 16x16, 4x4 per invocation",
+    { kind: "shared", TM: 4, TN: 4, WX: 4, WY: 4, BK: 4 },
+    false,
+  ],
 ];
 const GL = (Deno.env.get("DENO_WEBGPU_BACKEND") ?? "gl") === "gl";
 
