@@ -62,7 +62,10 @@ function onCpu(): boolean {
  * - CPU adapter: lane mode with 8 rows per workgroup (one 256-bit SIMD vector) when there are at
  *   least 16 rows; otherwise 8 invocations per row so that a few long rows still use the lanes.
  * - GPU: lane mode (64 rows per workgroup) for rows of at most 8 units; otherwise a power of two
- *   from 32 to 256 invocations per row, about 4 units each.
+ *   from 32 to 256 invocations per row, about 4 units each. Measured with GPU timestamps on an
+ *   H100 (Vulkan), softmax 4096 x 1024 at 32 / 64 / 128 / 256 invocations per row: 9.0 / 8.6 /
+ *   9.8 / 12.9 us (64 is the default; the unfused core-op softmax takes 84 us); [65536, 8] in lane
+ *   mode 13 us vs 128 us at 32 per row.
  */
 export function rowPlan(n: number, rows: number, opts: RowOptions = {}): RowPlan {
   const vec = n > 0 && n % 4 === 0;

@@ -90,7 +90,12 @@ gpuTest(
       const dw = empty([n]), db = empty([n]);
       layerNormForward(x.buf, w.buf, b.buf, y.buf, stats.buf, rows, n, 1e-5, opts);
       layerNormBackwardInput(x.buf, w.buf, g.buf, stats.buf, dx.buf, rows, n, opts);
-      layerNormBackwardParams(x.buf, g.buf, stats.buf, dw.buf, db.buf, rows, n);
+      // Vary the column reduction's shape: row lanes 1 (CPU default) / 4 (GPU default), chunks
+      // of 8 / 64 (GPU default) rows.
+      layerNormBackwardParams(x.buf, g.buf, stats.buf, dw.buf, db.buf, rows, n, {
+        lanes: rows % 2 ? 1 : 4,
+        rowsPerChunk: rows % 3 ? 8 : 64,
+      });
       const ref = layerNormRef(xd, wd, bd, rows, n, 1e-5, gd);
       const label = `layerNorm [${rows},${n}] ${JSON.stringify(opts)}`;
       assertClose(await y.toArray(), ref.y, FWD, label);
