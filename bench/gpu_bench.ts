@@ -20,7 +20,7 @@ import { attention, attentionUnfused } from "../nn/ops/attention.ts";
 import { matmul, mean } from "../nn/ops/index.ts";
 import { layerNorm, softmax } from "../nn/ops/nn.ts";
 import { cosineTopK } from "../nn/retrieval.ts";
-import { randn, Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
+import { randn, Rng, tensor, tidy } from "../nn/tensor.ts";
 import { builtinConfig } from "../clip/config.ts";
 import { ClipModel } from "../clip/model.ts";
 
@@ -52,7 +52,9 @@ const log = (r: Row) => {
   if (r.gflops !== undefined) parts.push(`${r.gflops.toFixed(1)} GFLOP/s`);
   if (r.gbs !== undefined) parts.push(`${r.gbs.toFixed(1)} GB/s`);
   if (r.imagesPerS !== undefined) parts.push(`${r.imagesPerS.toFixed(1)} images/s`);
-  if (r.ok !== undefined) parts.push(`${r.ok ? "PASS" : "FAIL"} (max err ${r.maxErr?.toExponential(2)})`);
+  if (r.ok !== undefined) {
+    parts.push(`${r.ok ? "PASS" : "FAIL"} (max err ${r.maxErr?.toExponential(2)})`);
+  }
   if (r.error) parts.push(`ERROR ${r.error}`);
   console.log(parts.join("  "));
 };
@@ -99,18 +101,34 @@ function matmulRef(a: Float32Array, b: Float32Array, M: number, N: number, K: nu
 }
 const maxAbs = (x: ArrayLike<number>, y: ArrayLike<number>) => {
   let e = 0;
-  for (let i = 0; i < x.length; i++) e = Math.max(e, Math.abs(x[i] - y[i]) || (x[i] === y[i] ? 0 : Infinity));
+  for (let i = 0; i < x.length; i++) {
+    e = Math.max(e, Math.abs(x[i] - y[i]) || (x[i] === y[i] ? 0 : Infinity));
+  }
   return e;
 };
 
-for (const [M, N, K, tB] of [[1, 1, 1, false], [7, 33, 129, false], [129, 257, 65, true], [300, 200, 517, false], [1024, 1024, 1024, true]] as const) {
+for (
+  const [M, N, K, tB] of [[1, 1, 1, false], [7, 33, 129, false], [129, 257, 65, true], [
+    300,
+    200,
+    517,
+    false,
+  ], [1024, 1024, 1024, true]] as const
+) {
   await guarded("check matmul", `${M}x${N}x${K}${tB ? " B^T" : ""}`, async () => {
     const a = rand(M * K, M + N), b = rand(K * N, K);
-    const y = tidy(() => matmul(tensor(a, [M, K]), tensor(b, tB ? [N, K] : [K, N]), { transposeB: tB }));
+    const y = tidy(() =>
+      matmul(tensor(a, [M, K]), tensor(b, tB ? [N, K] : [K, N]), { transposeB: tB })
+    );
     const got = await y.toArray();
     y.dispose();
     const err = maxAbs(got, matmulRef(a, b, M, N, K, tB));
-    log({ what: "check matmul", size: `${M}x${N}x${K}${tB ? " B^T" : ""}`, maxErr: err, ok: err < 1e-3 * Math.sqrt(K) });
+    log({
+      what: "check matmul",
+      size: `${M}x${N}x${K}${tB ? " B^T" : ""}`,
+      maxErr: err,
+      ok: err < 1e-3 * Math.sqrt(K),
+    });
   });
 }
 
@@ -121,7 +139,12 @@ await guarded("check attention fused vs unfused", "B2 H3 T197 D64", async () => 
     const a = attention(q, k, v, { causal }), b = attentionUnfused(q, k, v, { causal });
     const err = maxAbs(await a.toArray(), await b.toArray());
     [q, k, v, a, b].forEach((t) => t.dispose());
-    log({ what: `check attention${causal ? " causal" : ""}`, size: "B2 H3 T197 D64 vs unfused", maxErr: err, ok: err < 1e-4 });
+    log({
+      what: `check attention${causal ? " causal" : ""}`,
+      size: "B2 H3 T197 D64 vs unfused",
+      maxErr: err,
+      ok: err < 1e-4,
+    });
   }
 });
 
@@ -161,10 +184,17 @@ await guarded("check cosineTopK", "500 x 3001 x 64, k=10", async () => {
     sc.sort((a, b) => b[0] - a[0] || a[1] - b[1]);
     for (let t = 0; t < k; t++) {
       err = Math.max(err, Math.abs(sc[t][0] - got.scores[i * k + t]));
-      if (sc[t][1] !== got.indices[i * k + t] && Math.abs(sc[t][0] - got.scores[i * k + t]) > 1e-5) wrong++;
+      if (
+        sc[t][1] !== got.indices[i * k + t] && Math.abs(sc[t][0] - got.scores[i * k + t]) > 1e-5
+      ) wrong++;
     }
   }
-  log({ what: "check cosineTopK", size: "500x3001x64 k=10", maxErr: err, ok: err < 1e-4 && wrong === 0 });
+  log({
+    what: "check cosineTopK",
+    size: "500x3001x64 k=10",
+    maxErr: err,
+    ok: err < 1e-4 && wrong === 0,
+  });
 });
 
 // ---- 3. throughput ------------------------------------------------------------------------------
@@ -179,7 +209,15 @@ for (const n of quick ? [1024, 2048] : [1024, 2048, 4096]) {
   });
 }
 
-for (const [B, H, T, D, causal] of [[8, 12, 197, 64, false], [64, 12, 197, 64, false], [8, 8, 77, 64, true]] as const) {
+for (
+  const [B, H, T, D, causal] of [[8, 12, 197, 64, false], [64, 12, 197, 64, false], [
+    8,
+    8,
+    77,
+    64,
+    true,
+  ]] as const
+) {
   const size = `B${B} H${H} T${T} D${D}${causal ? " causal" : ""}`;
   await guarded("attention", size, async () => {
     const sh = [B, H, T, D];
@@ -201,7 +239,9 @@ await guarded("softmax", "4096x1024", async () => {
 });
 
 await guarded("layerNorm", "1576x768", async () => {
-  const x = randn([1576, 768], { seed: 5 }), w = randn([768], { seed: 6 }), b = randn([768], { seed: 7 });
+  const x = randn([1576, 768], { seed: 5 }),
+    w = randn([768], { seed: 6 }),
+    b = randn([768], { seed: 7 });
   const ms = await timeIt(() => layerNorm(x, w, b, 1e-5), 20);
   log({ what: "layerNorm", size: "1576x768", ms, gbs: 2 * 1576 * 768 * 4 / ms / 1e6 });
   [x, w, b].forEach((t) => t.dispose());
@@ -214,39 +254,53 @@ await guarded("cosineTopK k=10", "8192x20000x512", async () => {
   const reps = 3;
   for (let i = 0; i < reps; i++) await cosineTopK(q, k, 10);
   const ms = (performance.now() - t0) / reps;
-  log({ what: "cosineTopK k=10", size: "8192x20000x512", ms, gflops: 2 * 8192 * 20000 * 512 / ms / 1e6 });
+  log({
+    what: "cosineTopK k=10",
+    size: "8192x20000x512",
+    ms,
+    gflops: 2 * 8192 * 20000 * 512 / ms / 1e6,
+  });
   q.dispose();
   k.dispose();
 });
 
-if (!args["no-vit"]) await guarded("ViT-B/16", "random init", async () => {
-  const model = new ClipModel(builtinConfig("ViT-B-16"), { seed: 0 });
-  for (const B of quick ? [64] : [16, 64]) {
-    const x = randn([B, 3, 224, 224], { seed: 10 });
-    const ms = await timeIt(() => noGrad(() => model.encodeImage(x)), 5, 1);
-    log({ what: "ViT-B/16 image embedding", size: `batch ${B}`, ms, imagesPerS: B / ms * 1e3 });
-    x.dispose();
-  }
-  // Training step of the image tower: forward + backward into every weight (no optimiser).
-  const B = 32;
-  const x = randn([B, 3, 224, 224], { seed: 11 });
-  const step = () => {
-    const loss = mean(model.encodeImage(x));
-    backward(loss);
-    for (const p of model.visual.parameters()) {
-      p.grad?.dispose();
-      p.grad = null;
+if (!args["no-vit"]) {
+  await guarded("ViT-B/16", "random init", async () => {
+    const model = new ClipModel(builtinConfig("ViT-B-16"), { seed: 0 });
+    for (const B of quick ? [64] : [16, 64]) {
+      const x = randn([B, 3, 224, 224], { seed: 10 });
+      const ms = await timeIt(() => noGrad(() => model.encodeImage(x)), 5, 1);
+      log({ what: "ViT-B/16 image embedding", size: `batch ${B}`, ms, imagesPerS: B / ms * 1e3 });
+      x.dispose();
     }
-  };
-  for (const p of model.visual.parameters()) p.requiresGrad = true;
-  const ms = await timeIt(step, 3, 1);
-  log({ what: "ViT-B/16 forward+backward", size: `batch ${B}`, ms, imagesPerS: B / ms * 1e3 });
-  x.dispose();
-  model.dispose();
-});
+    // Training step of the image tower: forward + backward into every weight (no optimiser).
+    const B = 32;
+    const x = randn([B, 3, 224, 224], { seed: 11 });
+    const step = () => {
+      const loss = mean(model.encodeImage(x));
+      backward(loss);
+      for (const p of model.visual.parameters()) {
+        p.grad?.dispose();
+        p.grad = null;
+      }
+    };
+    for (const p of model.visual.parameters()) p.requiresGrad = true;
+    const ms = await timeIt(step, 3, 1);
+    log({ what: "ViT-B/16 forward+backward", size: `batch ${B}`, ms, imagesPerS: B / ms * 1e3 });
+    x.dispose();
+    model.dispose();
+  });
+}
 
 const stats = poolStats();
-console.log(`pool: ${(stats.allocatedBytes / 2 ** 20).toFixed(1)} MiB allocated; ${counters.submits} submits, ${counters.dispatches} dispatches`);
+console.log(
+  `pool: ${
+    (stats.allocatedBytes / 2 ** 20).toFixed(1)
+  } MiB allocated; ${counters.submits} submits, ${counters.dispatches} dispatches`,
+);
 if (args.out) {
-  await Deno.writeTextFile(args.out, JSON.stringify({ adapter: info, date: new Date().toISOString(), rows }, null, 1));
+  await Deno.writeTextFile(
+    args.out,
+    JSON.stringify({ adapter: info, date: new Date().toISOString(), rows }, null, 1),
+  );
 }
