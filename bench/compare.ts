@@ -7,8 +7,9 @@
  * each peer, and the issue's acceptance checks. Exit code 1 when an engine disagrees.
  *
  * Method: inputs are uploaded before timing; each timed repetition queues `inner` executions and
- * waits once for the GPU (so the fixed ~10 ms wait of llvmpipe is spread over enough work), and
- * the median over repetitions is reported. The first execution (shader compilation) is not timed.
+ * waits once for the GPU (so the fixed ~10 ms cost of a wait in Deno is spread over >= 1 s of
+ * work), and the median over repetitions is reported. The first execution (shader compilation)
+ * is not timed.
  */
 import { parseArgs } from "node:util";
 import { init } from "../kernels/device.ts";
@@ -261,25 +262,23 @@ interface Timing {
   inner: number;
 }
 
-/** Median ms per execution; `inner` executions are queued per wait (first run untimed). */
+/**
+ * Median ms per execution. Each repetition queues `inner` executions and waits once; `inner` is
+ * chosen so a repetition takes >= 1 s, which makes the fixed cost of one wait (~10 ms in Deno)
+ * at most ~1% of the result. The first execution (compilation) is not timed.
+ */
 async function time(r: Runner): Promise<Timing> {
-  let t0 = performance.now();
-  await r.run();
-  await r.wait();
-  const first = performance.now() - t0;
-  // Second run estimates the steady time (the first included compilation).
-  t0 = performance.now();
-  await r.run();
-  await r.wait();
-  const est = Math.min(first, performance.now() - t0);
-  const inner = Math.max(1, Math.min(50, Math.round(200 / Math.max(est, 0.01))));
-  const samples: number[] = [];
-  for (let i = 0; i < REPS; i++) {
-    t0 = performance.now();
-    for (let j = 0; j < inner; j++) await r.run();
+  const batch = async (n: number) => {
+    const t0 = performance.now();
+    for (let j = 0; j < n; j++) await r.run();
     await r.wait();
-    samples.push((performance.now() - t0) / inner);
-  }
+    return performance.now() - t0;
+  };
+  await batch(1);
+  let inner = 1;
+  for (let t = await batch(1); t < 1000 && inner < 64; inner *= 2) t = await batch(inner * 2);
+  const samples: number[] = [];
+  for (let i = 0; i < REPS; i++) samples.push((await batch(inner)) / inner);
   samples.sort((a, b) => a - b);
   return { ms: samples[samples.length >> 1], inner };
 }
@@ -458,10 +457,12 @@ for (const p of peers) lines.push(`- Peer: ${p.name}, adapter: ${p.adapter}`);
 for (const e of peerErrors) lines.push(`- Peer unavailable: ${e}`);
 lines.push(
   `- Timing: median of ${REPS} repetitions; each repetition queues \`inner\` executions ` +
-    "and waits once for the GPU (this engine: `sync()`; tfjs: `submitQueue()` + " +
-    "`onSubmittedWorkDone()`; onnxruntime-web: `run()` with GPU-resident inputs and outputs + " +
+    "(as many as make it last >= 1 s, at most 64) and waits once for the GPU (this engine: " +
+    "`sync()`; tfjs: reading one element of the last output, which makes tfjs submit its " +
+    "batched commands; onnxruntime-web: `run()` with GPU-resident inputs and outputs, then " +
     "`onSubmittedWorkDone()`). Inputs are on the GPU before timing; the first execution " +
-    "(compilation) is not timed. cosineTopK's time includes its readback of the N x k results.",
+    "(compilation) is not timed. cosineTopK's time includes normalising both inputs and reading " +
+    "back the N x k results.",
 );
 lines.push("");
 lines.push("## Acceptance (issue: performance)");
@@ -470,8 +471,10 @@ lines.push(...checks);
 lines.push("");
 lines.push("## All measurements");
 lines.push("");
-lines.push("| workload | engine | ms | GFLOP/s | GB/s | ours / this (speed-up) | agrees |");
-lines.push("| --- | --- | ---: | ---: | ---: | ---: | --- |");
+lines.push(
+  "| workload | engine | ms | GFLOP/s | GB/s | speed-up of this engine | runs per wait | agrees |",
+);
+lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
 for (const w of workloads) {
   const rows = results.get(w.id)!;
   const mine = rows[0]?.ms;
@@ -483,6 +486,7 @@ for (const w of workloads) {
       `| ${w.label} | ${r.engine} | ${r.ms?.toFixed(2) ?? "—"} | ` +
         `${r.ms !== undefined && w.flops ? (w.flops / r.ms / 1e6).toFixed(2) : "—"} | ` +
         `${r.ms !== undefined ? (w.bytes / r.ms / 1e6).toFixed(2) : "—"} | ${sp} | ` +
+        `${r.inner ?? ""} | ` +
         `${r.error ? "failed: " + r.error.replaceAll("|", "/") : r.agrees} |`,
     );
   }
