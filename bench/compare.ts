@@ -276,7 +276,7 @@ async function time(r: Runner): Promise<Timing> {
   };
   await batch(1);
   let inner = 1;
-  for (let t = await batch(1); t < 1000 && inner < 64; inner *= 2) t = await batch(inner * 2);
+  for (let t = await batch(1); t < 1000 && inner < 256; inner *= 2) t = await batch(inner * 2);
   const samples: number[] = [];
   for (let i = 0; i < REPS; i++) samples.push((await batch(inner)) / inner);
   samples.sort((a, b) => a - b);
@@ -457,7 +457,7 @@ for (const p of peers) lines.push(`- Peer: ${p.name}, adapter: ${p.adapter}`);
 for (const e of peerErrors) lines.push(`- Peer unavailable: ${e}`);
 lines.push(
   `- Timing: median of ${REPS} repetitions; each repetition queues \`inner\` executions ` +
-    "(as many as make it last >= 1 s, at most 64) and waits once for the GPU (this engine: " +
+    "(as many as make it last >= 1 s, at most 256) and waits once for the GPU (this engine: " +
     "`sync()`; tfjs: reading one element of the last output, which makes tfjs submit its " +
     "batched commands; onnxruntime-web: `run()` with GPU-resident inputs and outputs, then " +
     "`onSubmittedWorkDone()`). Inputs are on the GPU before timing; the first execution " +
