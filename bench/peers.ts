@@ -61,10 +61,9 @@ export async function loadTfjs(): Promise<Peer> {
   // onSubmittedWorkDone() alone would not wait for commands tfjs has not submitted yet.)
   const runner = (inputs: T[], f: () => T | T[]): Runner => {
     let last: T[] = [];
-    let older: T[] = []; // outputs of runs not yet waited for: disposed after the wait
     return {
       run() {
-        older.push(...last);
+        last.forEach((t) => t.dispose());
         const r = tf.tidy(f);
         last = Array.isArray(r) ? r : [r];
       },
@@ -72,8 +71,6 @@ export async function loadTfjs(): Promise<Peer> {
         const probe = tf.tidy(() => tf.slice(tf.reshape(last[0], [-1]), 0, 1));
         await probe.data();
         probe.dispose();
-        older.forEach((t) => t.dispose());
-        older = [];
       },
       async result() {
         const out = (await last[0].data()) as Float32Array;
@@ -81,7 +78,7 @@ export async function loadTfjs(): Promise<Peer> {
         return { out: Float32Array.from(out), indices };
       },
       dispose() {
-        [...older, ...last, ...inputs].forEach((t) => t.dispose());
+        [...last, ...inputs].forEach((t) => t.dispose());
       },
     };
   };
