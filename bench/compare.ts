@@ -431,6 +431,41 @@ ratioCheck("softmax", "tfjs-webgpu", 5, "softmax 4096 x 1024 vs tfjs-webgpu");
 
 // ---- report ---------------------------------------------------------------------------------
 
+/** A summary of the stored H200 tile sweep (bench/matmul_tune_h200.json), when it is present. */
+function gpuTuneSection(): string[] {
+  let data: {
+    adapter: { description: string };
+    results: { shape: string; tile: string; ms: number; gflops: number; chosen: boolean }[];
+  };
+  try {
+    data = JSON.parse(Deno.readTextFileSync(new URL("./matmul_tune_h200.json", import.meta.url)));
+  } catch {
+    return [];
+  }
+  const out = [
+    `## Matmul on a real GPU: ${data.adapter.description} (stored sweep)`,
+    "",
+    "From `bench/matmul_tune.ts` run on the device machine (`bench/matmul_tune_h200.json`; " +
+    "the other numbers on this page are from the adapter above). That sweep timed batches of " +
+    "products with one wait each, so products under ~5 ms carry part of Deno's ~10 ms wait: " +
+    "compare tiles within a row, not small shapes with large ones.",
+    "",
+    "| shape | tile chosen by kernels/tune.ts | GFLOP/s | best tile in the sweep | GFLOP/s |",
+    "| --- | --- | ---: | --- | ---: |",
+  ];
+  for (const shape of [...new Set(data.results.map((r) => r.shape))]) {
+    const rs = data.results.filter((r) => r.shape === shape && r.gflops > 0);
+    const best = rs.reduce((a, b) => (b.gflops > a.gflops ? b : a));
+    const mine = rs.find((r) => r.chosen);
+    out.push(
+      `| ${shape} | \`${mine?.tile ?? "?"}\` | ${mine?.gflops.toFixed(0) ?? "?"} | ` +
+        `\`${best.tile}\` | ${best.gflops.toFixed(0)} |`,
+    );
+  }
+  out.push("");
+  return out;
+}
+
 const loadEnd = Deno.loadavg();
 const tile = matmulTile({ batch: 1, M: 1024, N: 1024, K: 1024 });
 const lines: string[] = [];
@@ -498,6 +533,7 @@ lines.push(
     "column is the row's time divided by this engine's first implementation of the workload.",
 );
 lines.push("");
+lines.push(...gpuTuneSection());
 lines.push("## Reproduce");
 lines.push("");
 lines.push("```sh");
@@ -514,6 +550,10 @@ lines.push(
   "Options: `--quick` (2 repetitions, skips the ViT MLP matmul), `--out FILE`, `--no-peers`, " +
     "`--only matmul-1024,attention,...`, `--reps N`. The machine should be otherwise idle: on " +
     "llvmpipe every engine shares the same CPU cores with whatever else runs.",
+);
+lines.push(
+  "Real-GPU numbers: `bench/matmul_tune.ts` sweeps tiles on any adapter (`--out FILE.json`); " +
+    "`bench/gpu_check.sh` runs this comparison on an offline NVIDIA server (see bench/GPU.md).",
 );
 await Deno.writeTextFile(args.values.out!, lines.join("\n") + "\n");
 console.log(`\n${checks.join("\n")}\nwrote ${args.values.out}`);
