@@ -201,9 +201,10 @@ export function mergeLora(model: LoraHost): number {
       const d = a.delta(); // [out, in]
       const dl = s.layout === "in-out" ? transpose(d) : d;
       const w = s.weight;
-      const sum = map("lora_merge", "a + b", [w.view([dl.size]), dl.view([dl.size])]);
+      const wv = w.view([w.size]), dv = dl.view([w.size]); // same element order
+      const sum = map("lora_merge", "a + b", [wv, dv]);
       copyInto(w, sum);
-      for (const t of new Set([d, dl, sum])) t.dispose();
+      for (const t of new Set([d, dl, wv, dv, sum])) t.dispose();
       s.setAdapter(null);
       a.dispose();
       n++;
