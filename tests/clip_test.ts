@@ -108,6 +108,10 @@ gpuTest("clip: OpenCLIP .bin (torch zip) matches PyTorch embeddings (QuickGELU)"
   const model = await loadClip(OPENCLIP_BIN, { arch: config });
   await checkParity(model, "a", "openclip .bin");
   model.dispose();
+  // The built-in tiny-test architecture is the fixture's (only mean/std differ).
+  const builtin = await loadClip(OPENCLIP_BIN, { arch: "tiny-test" });
+  await checkParity(builtin, "a", "tiny-test");
+  builtin.dispose();
 });
 
 gpuTest("clip: Hugging Face CLIPModel safetensors (q/k/v split) matches PyTorch", async () => {
