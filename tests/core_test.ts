@@ -10,6 +10,7 @@ import { backward, detach, noGrad } from "../nn/autograd.ts";
 import { empty, keep, randn, tensor, tidy } from "../nn/tensor.ts";
 import {
   add,
+  broadcastTo,
   clamp,
   concat,
   div,
@@ -246,6 +247,15 @@ gpuTest("backward of elementwise ops with broadcasting matches finite difference
   await gradCheck(([x]) => sigmoid(x), [a]);
   await gradCheck(([x]) => pow(x, 3), [a]);
   await gradCheck(([x]) => div(2, x), [a]);
+  await gradCheck(([x]) => square(x), [a]);
+  await gradCheck(([x]) => neg(x), [a]);
+  await gradCheck(([x]) => scale(x, -1.5), [a]);
+  await gradCheck(([x]) => add(x, 0.25), [a]);
+  await gradCheck(([x]) => sub(1, x), [a]);
+  // relu and clamp: inputs kept away from the kinks, where the derivative is defined.
+  const signed = { data: a.data.map((v, i) => (i % 2 ? v : -v)), shape: a.shape };
+  await gradCheck(([x]) => relu(x), [signed]);
+  await gradCheck(([x]) => clamp(x, -0.75, 0.8), [signed]);
 });
 
 gpuTest("backward of reductions and layout ops matches finite differences", async () => {
@@ -257,6 +267,8 @@ gpuTest("backward of reductions and layout ops matches finite differences", asyn
   await gradCheck(([t]) => permute(t, [2, 0, 1]), [x]);
   await gradCheck(([t]) => slice(t, 1, 2, 2), [x]);
   await gradCheck(([t]) => concat([t, slice(t, 2, 1, 3)], 2), [x]);
+  await gradCheck(([t]) => transpose(t, 0, 2), [x]);
+  await gradCheck(([t]) => broadcastTo(slice(t, 1, 0, 1), [3, 4, 7]), [x]);
 });
 
 gpuTest("autograd: accumulation for reused tensors, noGrad, detach", async () => {
