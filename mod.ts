@@ -54,22 +54,35 @@ export { ClipTokenizer, eotPositions } from "./clip/tokenizer.ts";
 export {
   BUILTIN_CONFIGS,
   builtinConfig,
+  type ClipActivation,
   type ClipConfig,
   resolveArch,
   type TextConfig,
   type VisionConfig,
 } from "./clip/config.ts";
 export { ClipModel, type ClipModelOptions } from "./clip/model.ts";
-export { VisionTransformer } from "./clip/vision.ts";
+export {
+  PatchEmbedding,
+  type TowerOptions,
+  Transformer,
+  VisionTransformer,
+} from "./clip/vision.ts";
 export { TextTransformer } from "./clip/text.ts";
 export { loadClip, type LoadClipOptions, saveClip } from "./clip/load.ts";
-export { loadTorchCheckpoint } from "./clip/torch_pickle.ts";
+export {
+  type LoadedTensor,
+  loadTorchCheckpoint,
+  type TorchCheckpointOptions,
+  type TorchDtype,
+} from "./clip/torch_pickle.ts";
 export {
   applyLora,
   loadLora,
   LoraAdapter,
   loraAdapters,
+  type LoraHost,
   type LoraOptions,
+  type LoraSite,
   mergeLora,
   saveLora,
 } from "./clip/lora.ts";
@@ -81,6 +94,7 @@ export {
   OPENAI_CLIP_MEAN,
   OPENAI_CLIP_STD,
   preprocessImage,
+  type PreprocessOptions,
   resizeShortSideBicubic,
   toNormalizedCHW,
 } from "./clip/preprocess.ts";
@@ -94,6 +108,17 @@ export {
   type DatasetKind,
   type DatasetOptions,
   openDataset,
+  type SampleSource,
   type Split,
+  SPLIT_NAMES,
+  type SplitName,
 } from "./train/datasets.ts";
-export { type Batch, DataLoader, type LoaderOptions } from "./train/loader.ts";
+export {
+  type BadImage,
+  type Batch,
+  type CpuBatch,
+  DataLoader,
+  type LoaderOptions,
+  type OnBadImage,
+} from "./train/loader.ts";
+export type { AugmentOptions } from "./train/augment.ts";

@@ -8,15 +8,19 @@
 import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "./preprocess.ts";
 
 /** The MLP nonlinearity: exact (erf) GELU, or OpenAI's QuickGELU `x * sigmoid(1.702 x)`. */
-export type Activation = "gelu" | "quick_gelu";
+export type ClipActivation = "gelu" | "quick_gelu";
 
 /** The image tower: a ViT over `imageSize` x `imageSize` images cut into square patches. */
 export interface VisionConfig {
+  /** Input side in pixels (224 for the standard models); images are square. */
   imageSize: number;
+  /** Patch side in pixels (must divide `imageSize`); one token per patch. */
   patchSize: number;
   /** Token width (d_model). */
   width: number;
+  /** Number of transformer blocks. */
   layers: number;
+  /** Attention heads per block (must divide `width`). */
   heads: number;
   /** Hidden size of each block's MLP. */
   mlpWidth: number;
@@ -24,11 +28,17 @@ export interface VisionConfig {
 
 /** The text tower: a causal transformer over `contextLength` token ids. */
 export interface TextConfig {
+  /** Tokens per caption, start and end tokens included (77 for CLIP). */
   contextLength: number;
+  /** Rows of the token embedding (49408 for CLIP's BPE vocabulary). */
   vocabSize: number;
+  /** Token width (d_model). */
   width: number;
+  /** Number of transformer blocks. */
   layers: number;
+  /** Attention heads per block (must divide `width`). */
   heads: number;
+  /** Hidden size of each block's MLP. */
   mlpWidth: number;
 }
 
@@ -38,12 +48,17 @@ export interface ClipConfig {
   name: string;
   /** Size of the shared image-text embedding space. */
   embedDim: number;
-  activation: Activation;
+  /** The MLP nonlinearity of both towers. */
+  activation: ClipActivation;
+  /** Epsilon of every LayerNorm (1e-5 for OpenCLIP and OpenAI models). */
   layerNormEps: number;
+  /** The image tower's shape. */
   vision: VisionConfig;
+  /** The text tower's shape. */
   text: TextConfig;
-  /** Image normalisation (R, G, B), applied after scaling pixels to [0, 1]. */
+  /** Image normalisation mean (R, G, B), subtracted after scaling pixels to [0, 1]. */
   mean: readonly number[];
+  /** Image normalisation standard deviation (R, G, B), divided by after the mean. */
   std: readonly number[];
 }
 
@@ -54,7 +69,7 @@ function vit(
   embedDim: number,
   v: { width: number; layers: number; patch: number },
   t: { width: number; layers: number; heads: number },
-  activation: Activation,
+  activation: ClipActivation,
 ): ClipConfig {
   return {
     name,
@@ -197,7 +212,7 @@ function triple(v: unknown, key: string, where: string): readonly number[] | und
   return v as number[];
 }
 
-function hfActivation(act: unknown, where: string): Activation {
+function hfActivation(act: unknown, where: string): ClipActivation {
   if (act === undefined || act === "quick_gelu") return "quick_gelu"; // CLIPConfig's default
   if (act === "gelu") return "gelu";
   throw new Error(

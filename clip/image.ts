@@ -9,8 +9,11 @@
  * `data.length === width * height * 3`.
  */
 export interface DecodedImage {
+  /** Width in pixels (a positive integer). */
   width: number;
+  /** Height in pixels (a positive integer). */
   height: number;
+  /** The RGB bytes, row-major HWC, `width * height * 3` of them. */
   data: Uint8Array;
 }
 

@@ -406,6 +406,10 @@ export async function loadClipCheckpoint(
 export interface LoadClipOptions extends ClipModelOptions {
   /** A config, a built-in name or a JSON config path; default: the checkpoint's own config. */
   arch?: string | ClipConfig;
+  /**
+   * Throw on a checkpoint tensor that the model does not use (default true; known buffers such
+   * as `position_ids` are always ignored). Missing or misshapen tensors always throw.
+   */
   strict?: boolean;
 }
 

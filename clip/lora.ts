@@ -34,19 +34,25 @@ import { SafetensorsFile, writeSafetensors } from "../nn/safetensors.ts";
 export interface LoraSite {
   /** Dotted name of the adapted module, e.g. `visual.transformer.resblocks.0.mlp.c_fc`. */
   name: string;
+  /** How the host uses its weight: a matrix product ("linear") or a row lookup ("embedding"). */
   kind: "linear" | "embedding";
+  /** How `weight` stores the matrix: [out, in] ("out-in") or [in, out] ("in-out"). */
   layout: "out-in" | "in-out";
+  /** Input features of the update (for an embedding: the number of rows). */
   inFeatures: number;
+  /** Output features of the update (for an embedding: the row width). */
   outFeatures: number;
   /** The base weight (merged into by {@link mergeLora}). */
   weight: Tensor;
   /** The adapter the host applies now (null: none). */
   getAdapter(): LayerAdapter | null;
+  /** Install an adapter on the host (null removes it). */
   setAdapter(a: LayerAdapter | null): void;
 }
 
 /** A model whose weights can carry LoRA adapters. */
 export interface LoraHost extends Module {
+  /** Every weight that can be adapted, in a fixed order (the order adapters are created in). */
   loraSites(): LoraSite[];
 }
 
@@ -58,6 +64,7 @@ export interface LoraOptions {
   alpha?: number;
   /** Seed of A's Kaiming-uniform initialisation (default 0); ignored when `rng` is given. */
   seed?: number;
+  /** Generator for A's initialisation; {@link applyLora} shares one across all its adapters. */
   rng?: Rng;
   /** Which sites get an adapter (default: all). */
   filter?: (site: LoraSite) => boolean;
@@ -81,14 +88,25 @@ function addScaled(y: Tensor, u: Tensor, s: number): Tensor {
  * host, x [..., in]) or `y + (alpha/r) A^T[ids] B^T` (an Embedding host, x = int32 ids).
  */
 export class LoraAdapter extends Module implements LayerAdapter {
+  /** Rank r of the update. */
   readonly rank: number;
+  /** Scale numerator: the update is multiplied by alpha / r. */
   readonly alpha: number;
+  /** The host's kind: x is features ("linear") or int32 ids ("embedding"). */
   readonly kind: "linear" | "embedding";
+  /** Input features of the host (rows of the table for an embedding). */
   readonly inFeatures: number;
+  /** Output features of the host. */
   readonly outFeatures: number;
+  /** Parameter `lora_A` [r, in], the down-projection. */
   lora_A: Tensor;
+  /** Parameter `lora_B` [out, r], the up-projection (starts at zero). */
   lora_B: Tensor;
 
+  /**
+   * An adapter for a host of `kind` mapping `inFeatures` to `outFeatures`. Throws RangeError
+   * unless the rank is a positive integer and alpha is finite.
+   */
   constructor(
     kind: "linear" | "embedding",
     inFeatures: number,

@@ -29,8 +29,11 @@ export interface ClipModelOptions {
 
 /** CLIP: two towers and a learned temperature (see the module comment). */
 export class ClipModel extends Module implements LoraHost {
+  /** The model's configuration (a copy of the constructor's). */
   readonly config: ClipConfig;
+  /** The image tower, parameters `visual.*`. */
   visual: VisionTransformer;
+  /** The text tower, parameters `text.*`. */
   text: TextTransformer;
   /** log of the logit scale (a scalar), initialised to log(1 / 0.07) as in CLIP. */
   logit_scale: Tensor;

@@ -22,26 +22,37 @@ import { reshape, slice } from "../nn/ops/shape.ts";
 import { noGrad } from "../nn/autograd.ts";
 import { randn, Rng, type Tensor, tensor } from "../nn/tensor.ts";
 import { mapKernel } from "../kernels/elementwise.ts";
-import type { Activation, TextConfig } from "./config.ts";
+import type { ClipActivation, TextConfig } from "./config.ts";
 import type { LoraSite } from "./lora.ts";
 import { type TowerOptions, Transformer } from "./vision.ts";
 
 /** OpenCLIP's text transformer (see the module comment). */
 export class TextTransformer extends Module {
+  /** The tower's shape (a copy of the constructor's). */
   readonly config: TextConfig;
+  /** Size of the output features (the shared embedding size). */
   readonly outputDim: number;
+  /** Child `token_embedding`: the table [vocabSize, width] (initialised N(0, 0.02^2)). */
   token_embedding: Embedding;
+  /** Parameter `positional_embedding` [contextLength, width]; the first T rows are used. */
   positional_embedding: Tensor;
+  /** Child `transformer`: the residual blocks, run with causal masking. */
   transformer: Transformer;
+  /** Child `ln_final`: LayerNorm on the pooled end-of-text features. */
   ln_final: LayerNorm;
+  /** Parameter `text_projection` [width, outputDim]: pooled features -> embedding. */
   text_projection: Tensor;
   /** Optional LoRA adapter on the projection (`x @ text_projection`). */
   projAdapter: LayerAdapter | null = null;
 
+  /**
+   * A randomly initialised tower (OpenCLIP's initialisation; load a checkpoint for real weights)
+   * producing `outputDim` features, with the given MLP activation.
+   */
   constructor(
     config: TextConfig,
     outputDim: number,
-    activation: Activation,
+    activation: ClipActivation,
     opts: TowerOptions = {},
   ) {
     super();

@@ -841,6 +841,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions = {}): unkn
 export interface LoadedTensor {
   /** The stored element type ("F32", "F16", "BF16", "F64", "I64", "I32", ...). */
   dtype: TorchDtype;
+  /** Shape ([] for a scalar). */
   shape: number[];
   /** Float32Array for F64/F32/F16/BF16, BigInt64Array for I64, Int32Array for the rest. */
   data: Float32Array | Int32Array | BigInt64Array;

@@ -19,11 +19,11 @@ import { add } from "../nn/ops/elementwise.ts";
 import { matmul } from "../nn/ops/matmul.ts";
 import { broadcastTo, concat, reshape, slice } from "../nn/ops/shape.ts";
 import { rand, randn, Rng, type Tensor, tidy } from "../nn/tensor.ts";
-import type { Activation, VisionConfig } from "./config.ts";
+import type { ClipActivation, VisionConfig } from "./config.ts";
 import type { LoraSite } from "./lora.ts";
 
 /** The layer-library name of an activation. */
-function layerActivation(a: Activation): "gelu" | "quickGelu" {
+function layerActivation(a: ClipActivation): "gelu" | "quickGelu" {
   return a === "quick_gelu" ? "quickGelu" : "gelu";
 }
 
@@ -55,14 +55,19 @@ export interface TowerOptions {
  * `mlp.c_proj`). x [B, T, width] -> [B, T, width].
  */
 export class Transformer extends Module {
+  /** The blocks in order, parameters `resblocks.N.*`. */
   resblocks: TransformerBlock[];
 
+  /**
+   * `layers` blocks of width `width` with `heads` heads and MLP hidden size `mlpWidth`; the
+   * activation is the checkpoint's (`quick_gelu` for OpenAI's models).
+   */
   constructor(
     width: number,
     layers: number,
     heads: number,
     mlpWidth: number,
-    activation: Activation,
+    activation: ClipActivation,
     opts: TowerOptions = {},
   ) {
     super();
@@ -132,12 +137,16 @@ export class Transformer extends Module {
  * 1x1 conv, i.e. the same low-rank product over the patch features).
  */
 export class PatchEmbedding extends Module {
+  /** Patch side p in pixels (the conv's kernel size and stride). */
   readonly patchSize: number;
+  /** Output channels: the token width. */
   readonly width: number;
+  /** Parameter `weight`, the conv kernel [width, 3, p, p] (no bias). */
   weight: Tensor;
   /** Optional LoRA adapter on the patch features. */
   adapter: LayerAdapter | null = null;
 
+  /** A patch embedding to `width` channels, initialised like PyTorch's Conv2d from `rng`. */
   constructor(width: number, patchSize: number, rng: Rng) {
     super();
     this.patchSize = patchSize;
@@ -163,22 +172,35 @@ export class PatchEmbedding extends Module {
 
 /** OpenCLIP's `VisionTransformer` (see the module comment). */
 export class VisionTransformer extends Module {
+  /** The tower's shape (a copy of the constructor's). */
   readonly config: VisionConfig;
+  /** Size of the output features (the shared embedding size). */
   readonly outputDim: number;
+  /** Child `conv1`: the patch embedding, [B, 3, S, S] -> [B, g*g, width] with g = S / patch. */
   conv1: PatchEmbedding;
+  /** Parameter `class_embedding` [width]: the class token prepended to the patch tokens. */
   class_embedding: Tensor;
+  /** Parameter `positional_embedding` [g*g + 1, width], added to the class and patch tokens. */
   positional_embedding: Tensor;
+  /** Child `ln_pre`: LayerNorm on the token sequence before the blocks. */
   ln_pre: LayerNorm;
+  /** Child `transformer`: the residual blocks (not causal). */
   transformer: Transformer;
+  /** Child `ln_post`: LayerNorm on the class token after the blocks. */
   ln_post: LayerNorm;
+  /** Parameter `proj` [width, outputDim]: pooled features -> embedding (`x @ proj`). */
   proj: Tensor;
   /** Optional LoRA adapter on the projection (`x @ proj`). */
   projAdapter: LayerAdapter | null = null;
 
+  /**
+   * A randomly initialised tower (OpenCLIP's initialisation; load a checkpoint for real weights)
+   * producing `outputDim` features, with the given MLP activation.
+   */
   constructor(
     config: VisionConfig,
     outputDim: number,
-    activation: Activation,
+    activation: ClipActivation,
     opts: TowerOptions = {},
   ) {
     super();

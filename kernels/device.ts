@@ -18,11 +18,17 @@ export interface InitOptions {
 
 /** What the adapter is and what it allows; read once, before the device is requested. */
 export interface AdapterDescription {
+  /** Human-readable adapter name (the vendor, or "unknown adapter", when the driver gives none). */
   description: string;
+  /** Vendor reported by the driver (may be empty). */
   vendor: string;
+  /** GPU architecture reported by the driver (may be empty). */
   architecture: string;
+  /** True for a software (fallback) adapter such as llvmpipe when the driver says so. */
   isFallbackAdapter: boolean;
+  /** The adapter's optional WebGPU features, sorted (e.g. "shader-f16", "timestamp-query"). */
   features: string[];
+  /** The adapter's WebGPU limits that matter to the kernels (bytes or counts; requested in full). */
   limits: {
     maxBufferSize: number;
     maxStorageBufferBindingSize: number;
@@ -38,6 +44,7 @@ export interface AdapterDescription {
 
 /** Raised when no WebGPU adapter can be found; the message says how to get one. */
 export class NoAdapterError extends Error {
+  /** An error whose message lists how to install a software adapter. */
   constructor() {
     super(
       "No WebGPU adapter found. On a machine without a GPU install Mesa's software rasteriser " +
@@ -52,6 +59,7 @@ export class NoAdapterError extends Error {
 
 /** Raised by the next operation after WebGPU reported an error or lost the device. */
 export class GpuError extends Error {
+  /** An error with WebGPU's (or the lost device's) message. */
   constructor(message: string) {
     super(message);
     this.name = "GpuError";
@@ -60,7 +68,9 @@ export class GpuError extends Error {
 
 /** The state shared by every kernel launch. */
 export interface Gpu {
+  /** The WebGPU device, with the adapter's limits and the features the kernels use. */
   device: GPUDevice;
+  /** What the adapter is, read before the device was requested. */
   adapter: AdapterDescription;
   /** Rejects when the device is lost; raced against every wait so nothing hangs. */
   lost: Promise<never>;

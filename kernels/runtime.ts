@@ -35,9 +35,13 @@ export function sizeClass(bytes: number): number {
 
 /** Statistics of the buffer pool, in bytes. `allocated` is what exists on the GPU. */
 export interface PoolStats {
+  /** Bytes of all GPU buffers the pool has created and not destroyed. */
   allocatedBytes: number;
+  /** Bytes of the buffers held by live tensors (rounded up to size classes). */
   inUseBytes: number;
+  /** Bytes of idle buffers waiting for reuse (`allocatedBytes - inUseBytes`). */
   freeBytes: number;
+  /** Number of GPU buffers that exist. */
   buffers: number;
 }
 

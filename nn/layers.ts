@@ -30,14 +30,14 @@ export function manualSeed(seed: number): void {
 }
 
 /** Options every layer's constructor accepts for its initialisation. */
-export interface InitOptions {
+export interface LayerInitOptions {
   /** Seed a fresh generator for this layer. */
   seed?: number;
   /** Draw from this generator (pass one to all layers of a model for reproducible models). */
   rng?: Rng;
 }
 
-function rngOf(opts: InitOptions): Rng {
+function rngOf(opts: LayerInitOptions): Rng {
   return opts.rng ?? (opts.seed !== undefined ? new Rng(opts.seed) : globalRng);
 }
 
@@ -53,6 +53,7 @@ function uniform(shape: number[], bound: number, rng: Rng): Tensor {
  * (LoRA returns `y + scale * B(A(x))`). Its parameters are named under the layer (`adapter.*`).
  */
 export interface LayerAdapter extends Module {
+  /** The layer's adapted output, shaped like `y`, from its input `x` and base output `y`. */
   adapt(x: Tensor, y: Tensor): Tensor;
 }
 
@@ -80,7 +81,7 @@ export function activationFn(a: Activation): (x: Tensor) => Tensor {
 // ---- layers -----------------------------------------------------------------------------------
 
 /** Options for {@link Linear}. */
-export interface LinearOptions extends InitOptions {
+export interface LinearOptions extends LayerInitOptions {
   /** Add a learned bias (default true). */
   bias?: boolean;
   /** Start the bias at zero instead of uniform (torch.nn.MultiheadAttention's out_proj). */
@@ -93,13 +94,18 @@ export interface LinearOptions extends InitOptions {
  * Input [..., in] -> output [..., out].
  */
 export class Linear extends Module {
+  /** Size of the input's last axis. */
   readonly inFeatures: number;
+  /** Size of the output's last axis. */
   readonly outFeatures: number;
+  /** Parameter `weight`, [out, in]. */
   weight: Tensor;
+  /** Parameter `bias`, [out]; null when built with `bias: false`. */
   bias: Tensor | null;
   /** Optional output adapter (LoRA); null for a plain layer. */
   adapter: LayerAdapter | null = null;
 
+  /** A layer mapping [..., inFeatures] to [..., outFeatures]; throws RangeError unless both > 0. */
   constructor(inFeatures: number, outFeatures: number, opts: LinearOptions = {}) {
     super();
     if (!(inFeatures > 0 && outFeatures > 0)) {
@@ -138,11 +144,16 @@ export interface LayerNormOptions {
  * shift by `bias` (zeros), as torch.nn.LayerNorm(d). [..., d] -> [..., d].
  */
 export class LayerNorm extends Module {
+  /** Size of the normalised (last) axis. */
   readonly dim: number;
+  /** Added to the variance before the square root. */
   readonly eps: number;
+  /** Parameter `weight`, the scale [dim] (starts at ones). */
   weight: Tensor;
+  /** Parameter `bias`, the shift [dim] (starts at zeros). */
   bias: Tensor;
 
+  /** A LayerNorm over a last axis of size `dim`. */
   constructor(dim: number, opts: LayerNormOptions = {}) {
     super();
     this.dim = dim;
@@ -162,13 +173,17 @@ export class LayerNorm extends Module {
  * any shape [...] -> [..., dim].
  */
 export class Embedding extends Module {
+  /** Number of rows (the vocabulary size); ids must lie in [0, num). */
   readonly num: number;
+  /** Size of each embedding vector. */
   readonly dim: number;
+  /** Parameter `weight`, the table [num, dim]. */
   weight: Tensor;
   /** Optional output adapter (LoRA); receives the ids as `x`. */
   adapter: LayerAdapter | null = null;
 
-  constructor(num: number, dim: number, opts: InitOptions = {}) {
+  /** A table of `num` vectors of size `dim`, drawn N(0, 1). */
+  constructor(num: number, dim: number, opts: LayerInitOptions = {}) {
     super();
     this.num = num;
     this.dim = dim;
@@ -183,7 +198,7 @@ export class Embedding extends Module {
 }
 
 /** Options for {@link MLP}. */
-export interface MLPOptions extends InitOptions {
+export interface MLPOptions extends LayerInitOptions {
   /** Between layers, not after the last (default "relu"). */
   activation?: Activation;
   /** Biases on every layer (default true). */
@@ -195,9 +210,12 @@ export interface MLPOptions extends InitOptions {
  * them (none after the last). Parameters are `layers.0.weight`, `layers.0.bias`, ...
  */
 export class MLP extends Module {
+  /** The Linear layers in order, `layers.i` mapping dims[i] -> dims[i + 1]. */
   layers: Linear[];
+  /** The activation applied between layers. */
   readonly act: (x: Tensor) => Tensor;
 
+  /** An MLP through the sizes `dims` (at least 2; throws RangeError otherwise). */
   constructor(dims: number[], opts: MLPOptions = {}) {
     super();
     if (dims.length < 2) throw new RangeError(`MLP: need at least 2 sizes, got [${dims}]`);
@@ -219,7 +237,7 @@ export class MLP extends Module {
 }
 
 /** Options for {@link MultiHeadAttention}. */
-export interface MultiHeadAttentionOptions extends InitOptions {
+export interface MultiHeadAttentionOptions extends LayerInitOptions {
   /** Default masking for `forward` (overridable per call): query i sees keys j <= i. */
   causal?: boolean;
   /** Biases on the projections (default true). */
@@ -233,16 +251,24 @@ export interface MultiHeadAttentionOptions extends InitOptions {
  * (zeros). x [B, T, E] -> [B, T, E].
  */
 export class MultiHeadAttention extends Module {
+  /** Model width E (input and output last axis). */
   readonly embedDim: number;
+  /** Number of heads H. */
   readonly numHeads: number;
+  /** Width of one head, E / H. */
   readonly headDim: number;
+  /** Whether `forward` masks causally when the call does not say. */
   readonly causal: boolean;
+  /** Parameter `in_proj_weight` [3E, E]: the q, k and v projections stacked in that order. */
   inProjWeight: Tensor;
+  /** Parameter `in_proj_bias` [3E]; null when built with `bias: false`. */
   inProjBias: Tensor | null;
+  /** The output projection, child `out_proj` (E -> E). */
   outProj: Linear;
   /** Optional adapter on the packed q/k/v projection (LoRA); sees x and the [B, T, 3E] output. */
   inProjAdapter: LayerAdapter | null = null;
 
+  /** Attention of width `embedDim` split into `numHeads` heads (RangeError unless it divides). */
   constructor(embedDim: number, numHeads: number, opts: MultiHeadAttentionOptions = {}) {
     super();
     if (!(numHeads > 0) || embedDim % numHeads !== 0) {
@@ -289,7 +315,7 @@ export class MultiHeadAttention extends Module {
 }
 
 /** Options for {@link FeedForward} and {@link TransformerBlock}. */
-export interface FeedForwardOptions extends InitOptions {
+export interface FeedForwardOptions extends LayerInitOptions {
   /** Default "gelu" (OpenCLIP); OpenAI's CLIP uses "quickGelu". */
   activation?: Activation;
 }
@@ -299,10 +325,14 @@ export interface FeedForwardOptions extends InitOptions {
  * activation, `c_proj` (hidden -> width). [..., width] -> [..., width].
  */
 export class FeedForward extends Module {
+  /** Child `c_fc`: width -> hidden. */
   fc: Linear;
+  /** Child `c_proj`: hidden -> width. */
   proj: Linear;
+  /** The activation between `c_fc` and `c_proj`. */
   readonly act: (x: Tensor) => Tensor;
 
+  /** An MLP width -> hidden -> width. */
   constructor(width: number, hidden: number, opts: FeedForwardOptions = {}) {
     super();
     const rng = rngOf(opts);
@@ -334,11 +364,16 @@ export interface TransformerBlockOptions extends FeedForwardOptions {
  * x [B, T, width] -> [B, T, width].
  */
 export class TransformerBlock extends Module {
+  /** Child `ln_1`: the LayerNorm before attention. */
   ln1: LayerNorm;
+  /** Child `attn`: self-attention with `heads` heads. */
   attn: MultiHeadAttention;
+  /** Child `ln_2`: the LayerNorm before the MLP. */
   ln2: LayerNorm;
+  /** Child `mlp`: the feed-forward part, width -> mlpRatio * width -> width. */
   mlp: FeedForward;
 
+  /** A block of width `width` with `heads` attention heads (which must divide `width`). */
   constructor(width: number, heads: number, opts: TransformerBlockOptions = {}) {
     super();
     const rng = rngOf(opts);

@@ -29,7 +29,9 @@ import { empty, keep, type Tensor, zeros } from "./tensor.ts";
 
 /** An optimiser's state for one parameter. */
 export interface ParamState {
+  /** The optimiser's state tensors, shaped like the parameter (SGD: momentum; Adam: m, v). */
   tensors: Tensor[];
+  /** Updates this parameter has had (1-based once updated; Adam's bias correction uses it). */
   step: number;
 }
 
@@ -47,6 +49,10 @@ export abstract class Optimizer {
    */
   protected state = new Map<Tensor, ParamState>();
 
+  /**
+   * Take the parameters to update (float32, each listed once; otherwise throws) and the learning
+   * rate (>= 0). `name` prefixes error messages.
+   */
   constructor(params: Iterable<Tensor>, lr: number, name: string) {
     this.params = [...params];
     if (!(lr >= 0)) throw new RangeError(`${name}: learning rate must be >= 0, got ${lr}`);
@@ -107,6 +113,7 @@ export abstract class Optimizer {
 
 /** Options for {@link SGD}. */
 export interface SGDOptions {
+  /** Learning rate (>= 0). */
   lr: number;
   /** Momentum factor (default 0: plain SGD, no state). */
   momentum?: number;
@@ -121,10 +128,14 @@ export interface SGDOptions {
  * `g += wd * p; b = momentum * b + g; p -= lr * (nesterov ? g + momentum * b : b)`.
  */
 export class SGD extends Optimizer {
+  /** Momentum factor (0: no momentum buffer). */
   readonly momentum: number;
+  /** Whether the update uses Nesterov momentum. */
   readonly nesterov: boolean;
+  /** L2 penalty coefficient added to the gradient. */
   readonly weightDecay: number;
 
+  /** SGD over `params`; throws RangeError on negative momentum or Nesterov without momentum. */
   constructor(params: Iterable<Tensor>, opts: SGDOptions) {
     super(params, opts.lr, "SGD");
     this.momentum = opts.momentum ?? 0;
@@ -136,10 +147,12 @@ export class SGD extends Optimizer {
     }
   }
 
+  /** The momentum buffer (zeros shaped like `p`), or nothing without momentum. */
   protected initState(p: Tensor): Tensor[] {
     return this.momentum > 0 ? [zeros(p.shape)] : [];
   }
 
+  /** Record the SGD update of `p` in place (one kernel). */
   protected update(p: Tensor, grad: Tensor, state: Tensor[]): void {
     sgdKernel(p.buf, grad.buf, state[0]?.buf ?? null, p.size, {
       lr: this.lr,
@@ -152,6 +165,7 @@ export class SGD extends Optimizer {
 
 /** Options for {@link Adam} and {@link AdamW}. */
 export interface AdamOptions {
+  /** Learning rate (>= 0). */
   lr: number;
   /** Decay rates of the first and second moments (default [0.9, 0.999]). */
   betas?: [number, number];
@@ -167,13 +181,21 @@ export interface AdamOptions {
  * p -= lr / (1-b1^t) * m / (sqrt(v) / sqrt(1-b2^t) + eps)`.
  */
 export class Adam extends Optimizer {
+  /** Decay rate of the first moment (mean of gradients), in [0, 1). */
   readonly beta1: number;
+  /** Decay rate of the second moment (mean of squared gradients), in [0, 1). */
   readonly beta2: number;
+  /** Added to the denominator for stability. */
   readonly eps: number;
+  /** Weight-decay coefficient (an L2 term for Adam, decoupled for AdamW). */
   readonly weightDecay: number;
   /** True for AdamW: decay applied to the weight, not the gradient. */
   protected readonly decoupled: boolean = false;
 
+  /**
+   * Adam over `params`; throws RangeError on betas outside [0, 1) or negative eps. `name` and
+   * `defaultDecay` (the weight decay when `opts` has none) let {@link AdamW} reuse it.
+   */
   constructor(params: Iterable<Tensor>, opts: AdamOptions, name = "Adam", defaultDecay = 0) {
     super(params, opts.lr, name);
     [this.beta1, this.beta2] = opts.betas ?? [0.9, 0.999];
@@ -185,10 +207,12 @@ export class Adam extends Optimizer {
     if (!(this.eps >= 0)) throw new RangeError(`${name}: eps must be >= 0, got ${this.eps}`);
   }
 
+  /** The first and second moments, zeros shaped like `p`. */
   protected initState(p: Tensor): Tensor[] {
     return [zeros(p.shape), zeros(p.shape)];
   }
 
+  /** Record the Adam update of `p`, `m` and `v` in place (one kernel); `step` is 1-based. */
   protected update(p: Tensor, grad: Tensor, [m, v]: Tensor[], step: number): void {
     adamKernel(p.buf, grad.buf, m.buf, v.buf, p.size, {
       lr: this.lr,
@@ -207,8 +231,10 @@ export class Adam extends Optimizer {
  * without an L2 term. Default weight decay 1e-2.
  */
 export class AdamW extends Adam {
+  /** Always true: the decay shrinks the weight directly instead of adding to the gradient. */
   protected override readonly decoupled: boolean = true;
 
+  /** AdamW over `params`; weight decay defaults to 1e-2. */
   constructor(params: Iterable<Tensor>, opts: AdamOptions) {
     super(params, opts, "AdamW", 1e-2);
   }

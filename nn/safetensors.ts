@@ -77,16 +77,26 @@ export function dtypeItemSize(dtype: string): number {
 
 /** One tensor of a safetensors file. `byteOffset` is absolute (from the start of the file). */
 export interface SafetensorsEntry {
+  /** Element type as stored in the file. */
   dtype: SafetensorsDtype;
+  /** Shape ([] for a scalar). */
   shape: number[];
+  /** Where the tensor's bytes start, from the start of the file. */
   byteOffset: number;
+  /** Size of the tensor's bytes (elements * item size of `dtype`). */
   byteLength: number;
 }
 
 /** A tensor to write: raw bytes, or a typed array converted to `dtype` (see writeSafetensors). */
 export interface SafetensorsTensor {
+  /** Element type to store. */
   dtype: SafetensorsDtype;
+  /** Shape ([] for a scalar); its product must match the number of values. */
   shape: number[];
+  /**
+   * Raw little-endian bytes of `dtype`; or float32 values (stored as F32, F16, BF16 or F64); or
+   * int32 values (stored as I32 or I64).
+   */
   data: Uint8Array | Float32Array | Int32Array;
 }
 
@@ -211,6 +221,7 @@ function parseHeader(
  * Reads are serialised internally, so concurrent `read` calls on one instance are safe.
  */
 export class SafetensorsFile {
+  /** The file's path, as given to `open` (used in error messages). */
   readonly path: string;
   /** The `__metadata__` strings ({} when absent). */
   readonly metadata: Record<string, string>;

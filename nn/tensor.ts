@@ -193,7 +193,9 @@ export class Tensor {
 
 /** Options for tensor creation. */
 export interface TensorOptions {
+  /** Make it a leaf that `backward` accumulates a gradient into (default false). */
   requiresGrad?: boolean;
+  /** Element type (default float32; `tensor()` infers int32 from an Int32Array). */
   dtype?: DType;
 }
 
@@ -264,6 +266,7 @@ export function ones(shape: readonly number[], opts: TensorOptions = {}): Tensor
 export class Rng {
   private state: number;
   private spare: number | null = null;
+  /** A generator whose whole sequence is fixed by the integer `seed`. */
   constructor(seed = 0) {
     this.state = (seed ^ 0x9e3779b9) >>> 0;
   }
@@ -296,6 +299,7 @@ export class Rng {
 
 /** Options for the random constructors. */
 export interface RandomOptions extends TensorOptions {
+  /** Seed of a fresh generator (default 0); ignored when `rng` is given. */
   seed?: number;
   /** Reuse a generator instead of seeding a new one. */
   rng?: Rng;

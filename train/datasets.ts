@@ -39,13 +39,17 @@ export type SampleSource =
 
 /** One split of a dataset. `labels[i]` indexes {@link Dataset.classes}. */
 export interface Split {
+  /** Which split this is: "train", "val" or "test". */
   name: SplitName;
+  /** Where its images are (files, or rows of an HDF5 array). */
   source: SampleSource;
+  /** One class index per sample, in sample order. */
   labels: Int32Array;
 }
 
 /** An opened dataset: its classes, its splits (train / val / test, those that exist) and notes. */
 export interface Dataset {
+  /** The kind it was opened as. */
   kind: DatasetKind;
   /** The folder (or manifest file) it was opened from, absolute. */
   root: string;

@@ -71,6 +71,7 @@ export interface Batch {
   labels: Tensor;
   /** Sample indices in the split. */
   indices: Int32Array;
+  /** Images in this batch (batchSize except perhaps the last). */
   size: number;
 }
 
@@ -78,17 +79,25 @@ export interface Batch {
 export interface BadImage {
   /** File path, or `file.h5[x][i]`. */
   path: string;
+  /** Why it could not be read (the decoder's message). */
   reason: string;
 }
 
 /** Loads one split in batches; create one per split, close it when done. */
 export class DataLoader {
+  /** Images per batch. */
   readonly batchSize: number;
+  /** Side S of the square images, in pixels. */
   readonly size: number;
+  /** Whether each epoch visits the samples in a seeded random order. */
   readonly shuffle: boolean;
+  /** Seed of the order and of the augmentation. */
   readonly seed: number;
+  /** Whether a last batch smaller than `batchSize` is dropped. */
   readonly dropLast: boolean;
+  /** What happens on an unreadable image: throw ("error") or leave it out ("skip"). */
   readonly onBadImage: OnBadImage;
+  /** Batches decoded ahead of the consumer. */
   readonly prefetch: number;
   private pool: DecodePool;
   private skippedMap = new Map<string, string>();

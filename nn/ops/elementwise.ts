@@ -8,7 +8,10 @@ import { record } from "../autograd.ts";
 import { empty, type Tensor } from "../tensor.ts";
 import { sumTo } from "./reduce.ts";
 
-/** A contiguous view of a tensor for the map kernel. */
+/**
+ * A contiguous view of a tensor for the map kernel (plumbing for ops; not in the manual).
+ * @ignore
+ */
 export function viewOf(t: Tensor): View {
   return { buf: t.buf, strides: contiguousStrides(t.shape), offset: 0 };
 }
@@ -27,7 +30,11 @@ export function broadcastShapes(a: readonly number[], b: readonly number[]): num
   return out;
 }
 
-/** Strides that read `t` as if it had `shape` (broadcast dims get stride 0). */
+/**
+ * Strides that read `t` as if it had `shape` (broadcast dims get stride 0). Plumbing for ops;
+ * not in the manual.
+ * @ignore
+ */
 export function broadcastView(t: Tensor, shape: readonly number[]): View {
   const s = contiguousStrides(t.shape);
   const off = shape.length - t.shape.length;
@@ -60,7 +67,8 @@ export function map(
   return out;
 }
 
-type Operand = Tensor | number;
+/** An input of a binary elementwise op: a tensor, or a number broadcast like a scalar tensor. */
+export type Operand = Tensor | number;
 
 function unary(
   name: string,
