@@ -7,8 +7,14 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { encode as encodePng } from "fast-png";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
+import {
+  FIXTURES_DIR,
+  pngBytes,
+  tiffBytes,
+  withTempDir,
+  writeCorruptPcam,
+} from "./fixture_util.ts";
 import { H5Error, H5File } from "../train/hdf5.ts";
 import {
   BACH_CLASSES,
@@ -27,8 +33,7 @@ import { SampleReader } from "../train/sample.ts";
 import { DecodePool } from "../train/pool.ts";
 import { ImageDecodeError } from "../train/decode.ts";
 
-const FIXTURES = new URL("./fixtures/", import.meta.url).pathname;
-const PCAM = join(FIXTURES, "pcam");
+const PCAM = join(FIXTURES_DIR, "pcam");
 const TILES = join(SHARED_DATA, "crc-tiles");
 
 // ---- helpers ---------------------------------------------------------------------------------
@@ -41,72 +46,6 @@ function pcamPixel(split: number, i: number, r: number, c: number, ch: number): 
 /** The PCAM fixture's label formula (`pcam_label`). */
 function pcamLabel(split: number, i: number): number {
   return (i * 7 + split) % 3 === 1 ? 1 : 0;
-}
-
-/** A deterministic RGB image whose pixels depend on (seed, x, y, channel). */
-function pattern(width: number, height: number, seed: number): Uint8Array {
-  const d = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      for (let c = 0; c < 3; c++) {
-        d[(y * width + x) * 3 + c] = (seed * 53 + x * 7 + y * 13 + c * 85 + x * y) % 256;
-      }
-    }
-  }
-  return d;
-}
-
-/** A PNG of `pattern(width, height, seed)`. */
-function pngBytes(width: number, height: number, seed: number): Uint8Array {
-  return encodePng({ width, height, data: pattern(width, height, seed), channels: 3, depth: 8 });
-}
-
-/** A baseline uncompressed little-endian RGB TIFF (one strip) of `pattern(width, height, seed)`. */
-function tiffBytes(width: number, height: number, seed: number): Uint8Array {
-  const pixels = pattern(width, height, seed);
-  const entries: [number, number, number, number][] = [
-    // tag, type (3 short, 4 long), count, value
-    [256, 4, 1, width],
-    [257, 4, 1, height],
-    [258, 3, 3, 0], // BitsPerSample -> offset filled below
-    [259, 3, 1, 1],
-    [262, 3, 1, 2],
-    [273, 4, 1, 0], // StripOffsets -> filled below
-    [277, 3, 1, 3],
-    [278, 4, 1, height],
-    [279, 4, 1, pixels.length],
-  ];
-  const ifdAt = 8;
-  const ifdSize = 2 + entries.length * 12 + 4;
-  const bpsAt = ifdAt + ifdSize;
-  const dataAt = bpsAt + 6;
-  entries[2][3] = bpsAt;
-  entries[5][3] = dataAt;
-  const out = new Uint8Array(dataAt + pixels.length);
-  const v = new DataView(out.buffer);
-  out.set([0x49, 0x49, 42, 0]);
-  v.setUint32(4, ifdAt, true);
-  v.setUint16(ifdAt, entries.length, true);
-  entries.forEach(([tag, type, count, value], i) => {
-    const p = ifdAt + 2 + i * 12;
-    v.setUint16(p, tag, true);
-    v.setUint16(p + 2, type, true);
-    v.setUint32(p + 4, count, true);
-    if (type === 3 && count === 1) v.setUint16(p + 8, value, true);
-    else v.setUint32(p + 8, value, true);
-  });
-  for (let i = 0; i < 3; i++) v.setUint16(bpsAt + 2 * i, 8, true);
-  out.set(pixels, dataAt);
-  return out;
-}
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "clipit-datasets-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
 }
 
 /** Writes files: path relative to `dir` -> bytes. */
@@ -130,34 +69,32 @@ function countsByClass(ds: Dataset, split: Split): Record<string, number> {
   return out;
 }
 
-async function rejectsWith(
-  p: Promise<unknown>,
-  cls: new (...a: never[]) => Error,
-  text: string,
-): Promise<Error> {
+type ErrorClass = new (...a: never[]) => Error;
+
+/** Asserts that a caught `err` is a `cls` whose message mentions `text`, and returns it. */
+function assertErrorMentions(err: unknown, cls: ErrorClass, text: string): Error {
+  assert.ok(err instanceof cls, `expected ${cls.name}, got ${err}`);
+  assert.ok(
+    (err as Error).message.includes(text),
+    `"${(err as Error).message}" should mention "${text}"`,
+  );
+  return err as Error;
+}
+
+async function rejectsWith(p: Promise<unknown>, cls: ErrorClass, text: string): Promise<Error> {
   try {
     await p;
   } catch (err) {
-    assert.ok(err instanceof cls, `expected ${cls.name}, got ${err}`);
-    assert.ok(
-      (err as Error).message.includes(text),
-      `"${(err as Error).message}" should mention "${text}"`,
-    );
-    return err as Error;
+    return assertErrorMentions(err, cls, text);
   }
   throw new Error(`expected a ${cls.name} mentioning "${text}"`);
 }
 
-function throwsWith(fn: () => unknown, cls: new (...a: never[]) => Error, text: string): Error {
+function throwsWith(fn: () => unknown, cls: ErrorClass, text: string): Error {
   try {
     fn();
   } catch (err) {
-    assert.ok(err instanceof cls, `expected ${cls.name}, got ${err}`);
-    assert.ok(
-      (err as Error).message.includes(text),
-      `"${(err as Error).message}" should mention "${text}"`,
-    );
-    return err as Error;
+    return assertErrorMentions(err, cls, text);
   }
   throw new Error(`expected a ${cls.name} mentioning "${text}"`);
 }
@@ -177,7 +114,7 @@ interface VariantCase {
 }
 
 const variants: VariantCase[] =
-  JSON.parse(Deno.readTextFileSync(join(FIXTURES, "h5_variants.json"))).cases;
+  JSON.parse(Deno.readTextFileSync(join(FIXTURES_DIR, "h5_variants.json"))).cases;
 
 Deno.test("hdf5: every h5py-written layout, chunk index, filter and dtype reads exactly (tolerance 0)", () => {
   const files = new Map<string, H5File>();
@@ -185,7 +122,7 @@ Deno.test("hdf5: every h5py-written layout, chunk index, filter and dtype reads 
     let checked = 0;
     for (const c of variants) {
       let f = files.get(c.file);
-      if (!f) files.set(c.file, f = H5File.open(join(FIXTURES, c.file)));
+      if (!f) files.set(c.file, f = H5File.open(join(FIXTURES_DIR, c.file)));
       if (c.error) {
         throwsWith(() => f!.dataset(c.name).readAll(), H5Error, c.error);
         continue;
@@ -252,7 +189,7 @@ Deno.test("hdf5: reading one patch reads one chunk, not the file", () => {
 });
 
 Deno.test("hdf5: empty, non-HDF5, truncated and missing files fail with the path and the reason", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-datasets-", async (dir) => {
     const good = await Deno.readFile(join(PCAM, pcamFileName("train", "x")));
     await writeTree(dir, {
       "empty.h5": new Uint8Array(0),
@@ -268,7 +205,7 @@ Deno.test("hdf5: empty, non-HDF5, truncated and missing files fail with the path
 });
 
 Deno.test("hdf5: a corrupt gzip chunk and a bad Fletcher-32 checksum are reported, other chunks still read", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-datasets-", async (dir) => {
     const src = join(PCAM, pcamFileName("train", "x"));
     const f = H5File.open(src);
     const loc = f.dataset("x").chunkLocation([3, 0, 0, 0])!;
@@ -283,7 +220,7 @@ Deno.test("hdf5: a corrupt gzip chunk and a bad Fletcher-32 checksum are reporte
     } finally {
       g.close();
     }
-    const v = join(FIXTURES, "h5_variants_v0.h5");
+    const v = join(FIXTURES_DIR, "h5_variants_v0.h5");
     const h = H5File.open(v);
     const fl = h.dataset("i16be_fletcher").chunkLocation([4, 0])!;
     h.close();
@@ -363,7 +300,7 @@ Deno.test("pcam: the six .h5 files give official splits, labels and exact patche
 });
 
 Deno.test("pcam: missing, half-present, gzipped, truncated and mislabelled files fail clearly", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-datasets-", async (dir) => {
     await rejectsWith(
       openDataset("pcam", dir),
       DatasetError,
@@ -395,19 +332,8 @@ Deno.test("pcam: missing, half-present, gzipped, truncated and mislabelled files
 });
 
 Deno.test("pcam: a corrupt patch fails with its file and index", async () => {
-  await withTempDir(async (dir) => {
-    for (const s of ["train", "valid", "test"] as const) {
-      for (const xy of ["x", "y"] as const) {
-        await Deno.copyFile(join(PCAM, pcamFileName(s, xy)), join(dir, pcamFileName(s, xy)));
-      }
-    }
-    const xPath = join(dir, pcamFileName("train", "x"));
-    const f = H5File.open(xPath);
-    const loc = f.dataset("x").chunkLocation([6, 0, 0, 0])!;
-    f.close();
-    const bytes = await Deno.readFile(xPath);
-    bytes.fill(0xee, loc.offset + 20, loc.offset + 60);
-    await Deno.writeFile(xPath, bytes);
+  await withTempDir("clipit-datasets-", async (dir) => {
+    const xPath = await writeCorruptPcam(dir);
     const ds = await openDataset("pcam", dir);
     const reader = new SampleReader(ds.splits[0].source);
     try {
@@ -423,7 +349,7 @@ Deno.test("pcam: a corrupt patch fails with its file and index", async () => {
 // ---- CRC -----------------------------------------------------------------------------------
 
 Deno.test("crc: NCT-CRC-HE-100K gives a seeded stratified 80/20 train/val split, CRC-VAL-HE-7K the test split", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-datasets-", async (dir) => {
     const files: Record<string, Uint8Array | string> = {};
     CRC_CLASSES.forEach((c, ci) => {
       // 10 or 15 images per class in training, 3 in test.
@@ -480,7 +406,7 @@ Deno.test("crc: NCT-CRC-HE-100K gives a seeded stratified 80/20 train/val split,
 // ---- BACH ----------------------------------------------------------------------------------
 
 Deno.test("bach: 400 photos split 268/132 (67/33 per class) by seed, or by a split file", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-datasets-", async (dir) => {
     const files: Record<string, Uint8Array> = {};
     const tiny = pngBytes(2, 2, 1);
     BACH_CLASSES.forEach((c, ci) => {
@@ -533,7 +459,7 @@ Deno.test("bach: 400 photos split 268/132 (67/33 per class) by seed, or by a spl
 // ---- generic folder, flat folder, CSV --------------------------------------------------------
 
 Deno.test("folder: class subfolders (seeded split) or train/val/test folders (official split)", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-datasets-", async (dir) => {
     const files: Record<string, Uint8Array> = {};
     for (const [c, n] of [["cat", 10], ["dog", 5]] as const) {
       for (let i = 0; i < n; i++) {
@@ -579,7 +505,7 @@ Deno.test("flat: labels from file-name prefixes, or from a known class list", ()
 });
 
 Deno.test("csv: a manifest with and without a split column, relative paths, clear errors", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-datasets-", async (dir) => {
     await writeTree(dir, {
       "img/a.png": pngBytes(3, 3, 1),
       "img/b.png": pngBytes(3, 3, 2),
@@ -624,7 +550,7 @@ Deno.test({
     "crc tiles (real data): the flat dataset finds all 42 tiles and the workers decode them as PIL does",
   ignore: !hasSharedData,
   fn: async () => {
-    const ref = JSON.parse(await Deno.readTextFile(join(FIXTURES, "image_tiles.json")));
+    const ref = JSON.parse(await Deno.readTextFile(join(FIXTURES_DIR, "image_tiles.json")));
     const byName = new Map<string, TileRef>(ref.tiles.map((t: TileRef) => [t.name, t]));
     const positions: [number, number][] = ref.positions;
     const ds = await openDataset("flat", TILES, { valFraction: 0 });

@@ -8,26 +8,11 @@ import { join } from "node:path";
 import { encode as encodePng } from "fast-png";
 import { decodeImage, detectImageFormat, ImageDecodeError, readImage } from "../train/decode.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
+import { checksum, fromB64, pixel } from "./fixture_util.ts";
 
 const TILE_DIR = join(SHARED_DATA, "crc-tiles");
 const fixture = (name: string) =>
   JSON.parse(Deno.readTextFileSync(new URL(`./fixtures/${name}`, import.meta.url)));
-const fromB64 = (s: string) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-
-/** (sum of bytes, sum of i * byte mod 2^32), as the fixture script computes them. */
-function checksum(data: Uint8Array): [number, number] {
-  let sum = 0, wsum = 0;
-  for (let i = 0; i < data.length; i++) {
-    sum += data[i];
-    wsum = (wsum + i * data[i]) % 4294967296;
-  }
-  return [sum, wsum];
-}
-
-function pixel(img: { width: number; data: Uint8Array }, y: number, x: number): number[] {
-  const p = (y * img.width + x) * 3;
-  return [img.data[p], img.data[p + 1], img.data[p + 2]];
-}
 
 // ------------------------------------------------------------------------------------------------
 // real tiles vs PIL

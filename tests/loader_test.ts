@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { gpuTest } from "./util.ts";
-import { encode as encodePng } from "fast-png";
+import { pngBytes, tiffBytes, withTempDir, writeCorruptPcam } from "./fixture_util.ts";
 import { preprocessImage } from "../clip/preprocess.ts";
 import { decodeImage, ImageDecodeError } from "../train/decode.ts";
 import { getSplit, openDataset, pcamFileName, type Split } from "../train/datasets.ts";
@@ -26,74 +26,6 @@ import { H5File } from "../train/hdf5.ts";
 const PCAM = new URL("./fixtures/pcam/", import.meta.url).pathname;
 const SIZE = 12;
 const NORM = { mean: [0.5, 0.4, 0.3], std: [0.2, 0.25, 0.3] };
-
-// Image writers (the same as in datasets_test.ts; importing that file would run its tests).
-
-/** A deterministic RGB image whose pixels depend on (seed, x, y, channel). */
-function pattern(width: number, height: number, seed: number): Uint8Array {
-  const d = new Uint8Array(width * height * 3);
-  for (let y = 0; y < height; y++) {
-    for (let x = 0; x < width; x++) {
-      for (let c = 0; c < 3; c++) {
-        d[(y * width + x) * 3 + c] = (seed * 53 + x * 7 + y * 13 + c * 85 + x * y) % 256;
-      }
-    }
-  }
-  return d;
-}
-
-/** A PNG of `pattern(width, height, seed)`. */
-function pngBytes(width: number, height: number, seed: number): Uint8Array {
-  return encodePng({ width, height, data: pattern(width, height, seed), channels: 3, depth: 8 });
-}
-
-/** A baseline uncompressed little-endian RGB TIFF (one strip) of `pattern(width, height, seed)`. */
-function tiffBytes(width: number, height: number, seed: number): Uint8Array {
-  const pixels = pattern(width, height, seed);
-  const entries: [number, number, number, number][] = [
-    // tag, type (3 short, 4 long), count, value
-    [256, 4, 1, width],
-    [257, 4, 1, height],
-    [258, 3, 3, 0], // BitsPerSample -> offset filled below
-    [259, 3, 1, 1],
-    [262, 3, 1, 2],
-    [273, 4, 1, 0], // StripOffsets -> filled below
-    [277, 3, 1, 3],
-    [278, 4, 1, height],
-    [279, 4, 1, pixels.length],
-  ];
-  const ifdAt = 8;
-  const ifdSize = 2 + entries.length * 12 + 4;
-  const bpsAt = ifdAt + ifdSize;
-  const dataAt = bpsAt + 6;
-  entries[2][3] = bpsAt;
-  entries[5][3] = dataAt;
-  const out = new Uint8Array(dataAt + pixels.length);
-  const v = new DataView(out.buffer);
-  out.set([0x49, 0x49, 42, 0]);
-  v.setUint32(4, ifdAt, true);
-  v.setUint16(ifdAt, entries.length, true);
-  entries.forEach(([tag, type, count, value], i) => {
-    const p = ifdAt + 2 + i * 12;
-    v.setUint16(p, tag, true);
-    v.setUint16(p + 2, type, true);
-    v.setUint32(p + 4, count, true);
-    if (type === 3 && count === 1) v.setUint16(p + 8, value, true);
-    else v.setUint32(p + 8, value, true);
-  });
-  for (let i = 0; i < 3; i++) v.setUint16(bpsAt + 2 * i, 8, true);
-  out.set(pixels, dataAt);
-  return out;
-}
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "clipit-loader-" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
 
 /** A folder dataset of 23 images (PNG and TIFF, square and not) in 3 classes. */
 async function makeFolder(dir: string): Promise<void> {
@@ -143,7 +75,7 @@ function plane(b: CpuBatch, j: number): Float32Array {
 }
 
 Deno.test("loader: every sample is exactly the CLIP preprocessing of its file, in a seeded order, any worker count", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-loader-", async (dir) => {
     await makeFolder(dir);
     const ds = await openDataset("folder", dir, { valFraction: 0 });
     const split = ds.splits[0];
@@ -207,7 +139,7 @@ function dihedral(chw: Float32Array, s: number): Float32Array[] {
 }
 
 Deno.test("loader: augmentation depends only on (seed, epoch, index); flips/rotations are exact dihedral transforms", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-loader-", async (dir) => {
     await makeFolder(dir);
     const split = (await openDataset("folder", dir, { valFraction: 0 })).splits[0];
     const base: LoaderOptions = {
@@ -358,7 +290,7 @@ async function makeBadFolder(dir: string): Promise<Record<string, string>> {
 }
 
 Deno.test("loader: a corrupt, truncated, empty or unsupported file fails with its path, or is skipped and listed", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-loader-", async (dir) => {
     const bad = await makeBadFolder(dir);
     const ds = await openDataset("folder", dir, { valFraction: 0 });
     assert.deepEqual(ds.ignored, [join(dir, "y", "notes.txt")]);
@@ -434,19 +366,8 @@ Deno.test("loader: PCAM patches through the loader, exact at 96 and upscaled lik
   } finally {
     f.close();
   }
-  await withTempDir(async (dir) => {
-    for (const s of ["train", "valid", "test"] as const) {
-      for (const xy of ["x", "y"] as const) {
-        await Deno.copyFile(join(PCAM, pcamFileName(s, xy)), join(dir, pcamFileName(s, xy)));
-      }
-    }
-    const xPath = join(dir, pcamFileName("train", "x"));
-    const g = H5File.open(xPath);
-    const loc = g.dataset("x").chunkLocation([6, 0, 0, 0])!;
-    g.close();
-    const bytes = await Deno.readFile(xPath);
-    bytes.fill(0xee, loc.offset + 20, loc.offset + 60);
-    await Deno.writeFile(xPath, bytes);
+  await withTempDir("clipit-loader-", async (dir) => {
+    const xPath = await writeCorruptPcam(dir);
     const train = getSplit(await openDataset("pcam", dir), "train")!;
     const loader = new DataLoader(train, {
       batchSize: 4,
@@ -473,7 +394,7 @@ Deno.test("loader: PCAM patches through the loader, exact at 96 and upscaled lik
 gpuTest(
   "loader: GPU batches are float32 [B,3,S,S] images and int32 [B] labels equal to the CPU batches",
   async () => {
-    await withTempDir(async (dir) => {
+    await withTempDir("clipit-loader-", async (dir) => {
       await makeFolder(dir);
       const split = (await openDataset("folder", dir, { valFraction: 0 })).splits[0];
       const opts: LoaderOptions = { batchSize: 8, size: SIZE, seed: 9, workers: 0 };
@@ -516,7 +437,7 @@ async function runData(args: string[]): Promise<{ code: number; out: string; err
 }
 
 Deno.test("data command: counts per split and class, image sizes, and every unreadable file", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("clipit-loader-", async (dir) => {
     const bad = await makeBadFolder(join(dir, "bad"));
     await makeFolder(join(dir, "good"));
     const r = await runData([

@@ -20,26 +20,12 @@ import {
 } from "../clip/preprocess.ts";
 import { readImage } from "../train/decode.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
+import { checksum, fromB64, pixel } from "./fixture_util.ts";
 
 const TILE_DIR = join(SHARED_DATA, "crc-tiles");
 const fx = JSON.parse(
   Deno.readTextFileSync(new URL("./fixtures/image_resize.json", import.meta.url)),
 );
-const fromB64 = (s: string) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-
-function checksum(data: Uint8Array): [number, number] {
-  let sum = 0, wsum = 0;
-  for (let i = 0; i < data.length; i++) {
-    sum += data[i];
-    wsum = (wsum + i * data[i]) % 4294967296;
-  }
-  return [sum, wsum];
-}
-
-function pixel(img: DecodedImage, y: number, x: number): number[] {
-  const p = (y * img.width + x) * 3;
-  return [img.data[p], img.data[p + 1], img.data[p + 2]];
-}
 
 /** Crop (left, top, right, bottom) of an RGB image, as numpy slicing does. */
 function box(img: DecodedImage, [l, t, r, b]: number[]): DecodedImage {

@@ -14,32 +14,9 @@ import {
   type SafetensorsTensor,
   writeSafetensors,
 } from "../nn/safetensors.ts";
+import { f32Bits, fixturePath, readCkptExpected, withTempDir } from "./fixture_util.ts";
 
-const FIXTURES = new URL("./fixtures/", import.meta.url);
-const fixture = (name: string) => new URL(name, FIXTURES).pathname;
-
-interface Described {
-  dtype: string;
-  shape: number[];
-  bits?: number[];
-  ints?: string[];
-}
-const expected = JSON.parse(Deno.readTextFileSync(fixture("ckpt_expected.json"))) as {
-  safetensors: Record<string, Described>;
-  safetensors_metadata: Record<string, string>;
-  rounding: { f32_bits: number[]; f16_bits: number[]; bf16_bits: number[] };
-};
-
-const bitsOf = (a: Float32Array) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
-
-async function withTempDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await Deno.makeTempDir({ prefix: "safetensors_test_" });
-  try {
-    await fn(dir);
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-}
+const expected = readCkptExpected();
 
 /** Builds a safetensors file from a header object and a data block, bypassing all checks. */
 function rawFile(header: unknown, data: Uint8Array, lengthOverride?: bigint): Uint8Array {
@@ -54,7 +31,7 @@ function rawFile(header: unknown, data: Uint8Array, lengthOverride?: bigint): Ui
 }
 
 Deno.test("writeSafetensors -> SafetensorsFile round trip is exact for every dtype", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("safetensors_test_", async (dir) => {
     const path = join(dir, "rt.safetensors");
     const f32 = new Float32Array([1.5, -0, Number.NaN, Infinity, 1e-45, 3.4028234663852886e38]);
     const i32 = new Int32Array([0, -1, 2147483647, -2147483648, 42, 7]);
@@ -100,7 +77,7 @@ Deno.test("writeSafetensors -> SafetensorsFile round trip is exact for every dty
         const item = { I64: 8, I32: 4, F32: 4, BF16: 2, F16: 2, U8: 1 }[e.dtype as "I64"];
         assert.equal((e.byteOffset - 8 - headerLen) % item, 0, `${name} aligned in data block`);
       }
-      assert.deepEqual(bitsOf(await file.readFloat32("b.f32")), bitsOf(f32));
+      assert.deepEqual(f32Bits(await file.readFloat32("b.f32")), f32Bits(f32));
       assert.deepEqual(new Int32Array((await file.read("a.i32")).buffer), i32);
       assert.deepEqual(await file.read("z.u8"), u8);
       assert.deepEqual(new BigInt64Array((await file.read("i64raw")).buffer), i64);
@@ -127,7 +104,7 @@ Deno.test("writeSafetensors -> SafetensorsFile round trip is exact for every dty
 });
 
 Deno.test("reads the Python-written safetensors fixture exactly", async () => {
-  const path = fixture("ckpt_py.safetensors");
+  const path = fixturePath("ckpt_py.safetensors");
   const file = await SafetensorsFile.open(path);
   try {
     assert.deepEqual(file.metadata, expected.safetensors_metadata);
@@ -138,7 +115,7 @@ Deno.test("reads the Python-written safetensors fixture exactly", async () => {
       assert.equal(e.dtype, want.dtype, name);
       assert.deepEqual(e.shape, want.shape, name);
       if (want.bits) {
-        assert.deepEqual(bitsOf(await file.readFloat32(name)), want.bits, name);
+        assert.deepEqual(f32Bits(await file.readFloat32(name)), want.bits, name);
       } else {
         const raw = await file.read(name);
         const ints = e.dtype === "I64"
@@ -170,7 +147,7 @@ Deno.test("f16/bf16 conversions match PyTorch bit for bit", () => {
   const back = f16ToF32(half);
   assert.deepEqual(Array.from(f32ToF16(back)), f16_bits, "f16 -> f32 -> f16 is the identity");
   assert.deepEqual(
-    bitsOf(bf16ToF32(new Uint16Array(bf16_bits))),
+    f32Bits(bf16ToF32(new Uint16Array(bf16_bits))),
     bf16_bits.map((b) => b << 16 >>> 0),
   );
   // Every one of the 65536 half patterns survives f16 -> f32 -> f16 (NaNs stay NaN).
@@ -184,7 +161,7 @@ Deno.test("f16/bf16 conversions match PyTorch bit for bit", () => {
 });
 
 Deno.test("every malformed file gives a clear error naming the file and tensor", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("safetensors_test_", async (dir) => {
     const good = join(dir, "good.safetensors");
     await writeSafetensors(good, {
       w: { dtype: "F32", shape: [2, 2], data: new Float32Array([1, 2, 3, 4]) },
@@ -267,7 +244,7 @@ Deno.test("every malformed file gives a clear error naming the file and tensor",
 });
 
 Deno.test("atomic write: a failed write leaves the old file intact and no temp file", async () => {
-  await withTempDir(async (dir) => {
+  await withTempDir("safetensors_test_", async (dir) => {
     const path = join(dir, "model.safetensors");
     await writeSafetensors(path, {
       w: { dtype: "F32", shape: [2], data: new Float32Array([1, 2]) },

@@ -14,29 +14,17 @@ import {
   unpickle,
   ZipReader,
 } from "../clip/torch_pickle.ts";
+import { type DescribedTensor, f32Bits, fixturePath, readCkptExpected } from "./fixture_util.ts";
 
-const FIXTURES = new URL("./fixtures/", import.meta.url);
-const fixture = (name: string) => new URL(name, FIXTURES).pathname;
-
-interface Described {
-  dtype: string;
-  shape: number[];
-  bits?: number[];
-  ints?: string[];
-}
-const expected = JSON.parse(Deno.readTextFileSync(fixture("ckpt_expected.json"))) as {
-  state_dict: Record<string, Described>;
-  nested_keys: string[];
-};
+const expected = readCkptExpected();
 
 /** Exact comparison of a loaded tensor with PyTorch's description of it. */
-function assertTensor(t: LoadedTensor, want: Described, name: string) {
+function assertTensor(t: LoadedTensor, want: DescribedTensor, name: string) {
   assert.equal(t.dtype, want.dtype, `${name} dtype`);
   assert.deepEqual(t.shape, want.shape, `${name} shape`);
   if (want.bits) {
     assert.ok(t.data instanceof Float32Array, `${name} is Float32Array`);
-    const bits = new Uint32Array(t.data.buffer, t.data.byteOffset, t.data.length);
-    assert.deepEqual(Array.from(bits), want.bits, `${name} values (bit-exact)`);
+    assert.deepEqual(f32Bits(t.data), want.bits, `${name} values (bit-exact)`);
   } else {
     const expectedType = want.dtype === "I64" ? BigInt64Array : Int32Array;
     assert.ok(t.data instanceof expectedType, `${name} array type`);
@@ -55,11 +43,11 @@ async function assertPlainStateDict(path: string) {
 }
 
 Deno.test("torch.save zip (stored entries) gives exactly PyTorch's values", async () => {
-  await assertPlainStateDict(fixture("ckpt_plain.bin"));
+  await assertPlainStateDict(fixturePath("ckpt_plain.bin"));
 });
 
 Deno.test("strides, offsets, parameters are seen as PyTorch wrote them", async () => {
-  const ckpt = await TorchCheckpoint.open(fixture("ckpt_plain.bin"));
+  const ckpt = await TorchCheckpoint.open(fixturePath("ckpt_plain.bin"));
   try {
     assert.equal(ckpt.prefix, "ckpt_plain", "torch 1.13 names the folder after the file stem");
     const refs = ckpt.tensors();
@@ -79,23 +67,23 @@ Deno.test("strides, offsets, parameters are seen as PyTorch wrote them", async (
 });
 
 Deno.test("deflated and zip64 archives read identically", async () => {
-  const zip = await ZipReader.open(fixture("ckpt_deflated.pt"));
+  const zip = await ZipReader.open(fixturePath("ckpt_deflated.pt"));
   try {
     assert.ok([...zip.entries.values()].every((e) => e.method === 8), "all entries deflated");
   } finally {
     zip.close();
   }
-  await assertPlainStateDict(fixture("ckpt_deflated.pt"));
-  const bytes = await Deno.readFile(fixture("ckpt_zip64.pt"));
+  await assertPlainStateDict(fixturePath("ckpt_deflated.pt"));
+  const bytes = await Deno.readFile(fixturePath("ckpt_zip64.pt"));
   const hex = Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
   assert.ok(hex.includes("504b0607") && hex.includes("504b0606"), "fixture has zip64 records");
   assert.ok(hex.includes("504b0102") && hex.includes("ffffffffffffffff"), "zip64 sizes");
-  await assertPlainStateDict(fixture("ckpt_zip64.pt"));
+  await assertPlainStateDict(fixturePath("ckpt_zip64.pt"));
 });
 
 Deno.test("ZipReader ranges match whole reads for stored and deflated entries", async () => {
   for (const f of ["ckpt_plain.bin", "ckpt_deflated.pt"]) {
-    const zip = await ZipReader.open(fixture(f));
+    const zip = await ZipReader.open(fixturePath(f));
     try {
       const name = [...zip.entries.keys()].find((n) => n.endsWith("/data.pkl"))!;
       const whole = await zip.read(name);
@@ -110,15 +98,15 @@ Deno.test("ZipReader ranges match whole reads for stored and deflated entries", 
 });
 
 Deno.test("wrappers are unwrapped and nested dicts flattened with '.'", async () => {
-  await assertPlainStateDict(fixture("ckpt_wrapped.pt"));
-  const nested = await loadTorchCheckpoint(fixture("ckpt_nested.pt"));
+  await assertPlainStateDict(fixturePath("ckpt_wrapped.pt"));
+  const nested = await loadTorchCheckpoint(fixturePath("ckpt_nested.pt"));
   assert.deepEqual([...nested.keys()], expected.nested_keys);
   const sd = expected.state_dict;
   assertTensor(nested.get("encoder.layer.weight")!, sd["layer.weight"], "encoder.layer.weight");
   assertTensor(nested.get("encoder.bias")!, sd["layer.bias"], "encoder.bias");
   assertTensor(nested.get("head.weight")!, sd["param"], "head.weight");
   // The non-tensor siblings stay reachable through the raw tree.
-  const ckpt = await TorchCheckpoint.open(fixture("ckpt_wrapped.pt"));
+  const ckpt = await TorchCheckpoint.open(fixturePath("ckpt_wrapped.pt"));
   try {
     const root = ckpt.root as Map<string, unknown>;
     assert.equal(root.get("epoch"), 3);
@@ -130,14 +118,14 @@ Deno.test("wrappers are unwrapped and nested dicts flattened with '.'", async ()
 
 Deno.test("bad checkpoints give clear errors", async () => {
   await assert.rejects(
-    () => loadTorchCheckpoint(fixture("ckpt_legacy.pt")),
+    () => loadTorchCheckpoint(fixturePath("ckpt_legacy.pt")),
     /ckpt_legacy\.pt: legacy \(pre-1\.6, non-zip\) torch\.save format is not supported/,
   );
   await assert.rejects(
-    () => loadTorchCheckpoint(fixture("ckpt_unknown_global.pt")),
+    () => loadTorchCheckpoint(fixturePath("ckpt_unknown_global.pt")),
     /ckpt_unknown_global\.pt: .*unknown global "argparse\.Namespace"/,
   );
-  const lenient = await TorchCheckpoint.open(fixture("ckpt_unknown_global.pt"), {
+  const lenient = await TorchCheckpoint.open(fixturePath("ckpt_unknown_global.pt"), {
     allowUnknownGlobals: true,
   });
   try {
@@ -150,16 +138,16 @@ Deno.test("bad checkpoints give clear errors", async () => {
     lenient.close();
   }
   await assert.rejects(
-    () => loadTorchCheckpoint(fixture("ckpt_bad_storage.pt")),
+    () => loadTorchCheckpoint(fixturePath("ckpt_bad_storage.pt")),
     /ckpt_bad_storage\.pt: tensor "layer\.bias": needs bytes \[0, 12\) of storage "1", which has 6 bytes/,
   );
   await assert.rejects(
-    () => loadTorchCheckpoint(fixture("ckpt_py.safetensors")),
+    () => loadTorchCheckpoint(fixturePath("ckpt_py.safetensors")),
     /ckpt_py\.safetensors: not a torch\.save zip checkpoint/,
   );
   const dir = await Deno.makeTempDir({ prefix: "torch_pickle_test_" });
   try {
-    const whole = await Deno.readFile(fixture("ckpt_plain.bin"));
+    const whole = await Deno.readFile(fixturePath("ckpt_plain.bin"));
     const cut = join(dir, "cut.pt");
     await Deno.writeFile(cut, whole.subarray(0, whole.length - 200));
     await assert.rejects(() => loadTorchCheckpoint(cut), /cut\.pt: not a zip archive/);
@@ -182,7 +170,7 @@ function canon(v: unknown): unknown {
 }
 
 Deno.test("pickle VM decodes Python's own protocol 2 and 4 pickles exactly", () => {
-  const cases = JSON.parse(Deno.readTextFileSync(fixture("ckpt_pickles.json"))) as {
+  const cases = JSON.parse(Deno.readTextFileSync(fixturePath("ckpt_pickles.json"))) as {
     protocol: number;
     b64: string;
     expected: unknown;
