@@ -14,7 +14,7 @@
 import { parseArgs } from "node:util";
 import { init } from "../kernels/device.ts";
 import { sync } from "../kernels/runtime.ts";
-import { matmulTile } from "../kernels/tune.ts";
+import { defaultTile } from "../kernels/matmul.ts";
 import { attention, attentionUnfused } from "../nn/ops/attention.ts";
 import { matmul } from "../nn/ops/matmul.ts";
 import { softmax } from "../nn/ops/nn.ts";
@@ -467,7 +467,18 @@ function gpuTuneSection(): string[] {
 }
 
 const loadEnd = Deno.loadavg();
-const tile = matmulTile({ batch: 1, M: 1024, N: 1024, K: 1024 });
+const tile = defaultTile({
+  batch: 1,
+  M: 1024,
+  N: 1024,
+  K: 1024,
+  sab: 0,
+  sam: 1024,
+  sak: 1,
+  sbb: 0,
+  sbk: 1024,
+  sbn: 1,
+});
 const lines: string[] = [];
 lines.push("# Benchmark results: this engine vs tfjs-webgpu and onnxruntime-web");
 lines.push("");

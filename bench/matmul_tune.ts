@@ -6,9 +6,9 @@
  */
 import { parseArgs } from "node:util";
 import { init } from "../kernels/device.ts";
-import { type MatmulDims, matmulKernel, type MatmulTile } from "../kernels/matmul.ts";
+import { defaultTile, type MatmulDims, matmulKernel, type MatmulTile } from "../kernels/matmul.ts";
 import { type Buf, pool, readback, sync, upload } from "../kernels/runtime.ts";
-import { matmulTile } from "../kernels/tune.ts";
+import { isCpuAdapter } from "../kernels/tune.ts";
 
 const args = parseArgs({
   args: Deno.args,
@@ -74,8 +74,9 @@ const shapes: Shape[] = [
   shape("256^3", 1, 256, 256, 256),
 ];
 const candidates: MatmulTile[] = [
+  { TM: 32, TN: 32, WX: 8, WY: 1, rowsFirst: true },
+  { TM: 16, TN: 16, WX: 8, WY: 1, rowsFirst: true },
   { TM: 16, TN: 8, WX: 8, WY: 1, rowsFirst: true },
-  { TM: 8, TN: 16, WX: 8, WY: 1, rowsFirst: true },
   { TM: 4, TN: 4, WX: 8, WY: 8 },
   { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 8 },
   { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 16 },
@@ -94,8 +95,7 @@ const tiles = candidates.filter((t) =>
   (t.kind !== "shared" ||
     (t.BK ?? 8) * (t.TM * t.WY + t.TN * t.WX) * 4 <= limits.maxComputeWorkgroupStorageSize)
 );
-const isCpu =
-  (matmulTile({ batch: 1, M: 1024, N: 1024, K: 1024 }).kind ?? "register") === "register";
+const isCpu = isCpuAdapter(g.adapter);
 
 interface Result {
   shape: string;
@@ -119,7 +119,7 @@ for (const s of shapes) {
   upload(b, B);
   const c: Buf = pool.acquire(d.batch * d.M * d.N * 4);
   const flops = 2 * d.batch * d.M * d.N * d.K;
-  const chosen = JSON.stringify(matmulTile(d));
+  const chosen = JSON.stringify(defaultTile(d));
   const list = [...tiles];
   if (!list.some((t) => JSON.stringify(t) === chosen)) list.push(JSON.parse(chosen));
   console.log(`\n== ${s.name}  (chosen: ${chosen})`);
@@ -127,7 +127,7 @@ for (const s of shapes) {
     // On a CPU adapter the GPU tiles take seconds per run at the big sizes: skip them there.
     if (isCpu && t.kind === "shared" && flops > 4e9) continue;
     // On a GPU the register tiles are for reference only: one of them.
-    if (!isCpu && (t.kind ?? "register") === "register" && t.TM !== 16) continue;
+    if (!isCpu && (t.kind ?? "register") === "register" && (t.TM !== 16 || t.TN !== 8)) continue;
     const key = JSON.stringify(t);
     try {
       // GPU time per product: (T(2n) - T(n)) / n cancels the fixed cost of a submit and wait

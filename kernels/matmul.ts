@@ -133,8 +133,8 @@ function bindings(v: Variant): string {
 @group(0) @binding(3) var<storage, read_write> C: array<${ty(v.cv)}>;
 ${v.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
 ${v.act === "gelu" ? ERF_WGSL : ""}
-fn epi(x: f32, n: u32) -> f32 {
-  let v = x * p.alpha${v.bias ? " + bias[n]" : ""};
+fn epi(x: f32, bias_n: f32) -> f32 {
+  let v = x * p.alpha + bias_n;
   return ${ACT[v.act]};
 }`;
 }
@@ -152,19 +152,22 @@ function stores(
   col: (j: number) => string = (j) => `n0 + ${j}u`,
 ): string {
   const out: string[] = [];
+  // One bias load per column, not per output: on llvmpipe every load is a per-lane loop, and
+  // TM*TN of them made a 32x32 block take ~15 s to compile.
+  for (let j = 0; j < TN; j++) {
+    out.push(`let bias${j} = ${v.bias ? `bias[min(${col(j)}, p.N - 1u)]` : "0.0"};`);
+  }
   for (let i = 0; i < TM; i++) {
     out.push(`if (${row(i)} < p.M) {`);
     out.push(`  let r${i} = (b * p.M + ${row(i)}) * p.N;`);
     if (v.cv) {
       for (let j = 0; j < TN; j += 4) {
-        const e = [0, 1, 2, 3].map((q) => `epi(c${i}_${j + q}, min(${col(j + q)}, p.N - 1u))`);
+        const e = [0, 1, 2, 3].map((q) => `epi(c${i}_${j + q}, bias${j + q})`);
         out.push(`  if (${col(j)} < p.N) { C[(r${i} + ${col(j)}) / 4u] = vec4<f32>(${e}); }`);
       }
     } else {
       for (let j = 0; j < TN; j++) {
-        out.push(
-          `  if (${col(j)} < p.N) { C[r${i} + ${col(j)}] = epi(c${i}_${j}, ${col(j)}); }`,
-        );
+        out.push(`  if (${col(j)} < p.N) { C[r${i} + ${col(j)}] = epi(c${i}_${j}, bias${j}); }`);
       }
     }
     out.push("}");
@@ -173,12 +176,81 @@ function stores(
 }
 
 /**
+ * Loads and FMAs of one step of the register kernel over k .. k+KS-1: a{i}_{kk} = A(m0+i, k+kk),
+ * b{kk}_{j} = B(k+kk, n0+j), then c{i}_{j} += sum over kk, each accumulator's KS FMAs in a row
+ * (llvmpipe keeps the accumulator in a register for them instead of reloading it per FMA).
+ */
+function registerStep(v: Variant, KS: number): string[] {
+  const { TM, TN } = v.t;
+  const body: string[] = [];
+  const aName: string[][] = [], bName: string[][] = [];
+  for (let i = 0; i < TM; i++) aName.push([]);
+  for (let kk = 0; kk < KS; kk++) bName.push([]);
+  if (v.a === "vk") {
+    for (let i = 0; i < TM; i++) {
+      for (let u = 0; u < KS / 4; u++) {
+        body.push(`let av${i}_${u} = A[ra${i} + k / 4u + ${u}u];`);
+        for (let q = 0; q < 4; q++) aName[i][4 * u + q] = `av${i}_${u}[${q}]`;
+      }
+    }
+  } else if (v.a === "vm") {
+    for (let kk = 0; kk < KS; kk++) {
+      body.push(`let ak${kk} = (b * p.sab + (k + ${kk}u) * p.sak) / 4u;`);
+      for (let i = 0; i < TM; i += 4) {
+        body.push(`let av${i}_${kk} = A[ak${kk} + mq${i}];`);
+        for (let q = 0; q < 4; q++) aName[i + q][kk] = `av${i}_${kk}[${q}]`;
+      }
+    }
+  } else {
+    for (let i = 0; i < TM; i++) {
+      for (let kk = 0; kk < KS; kk++) {
+        body.push(`let a${i}_${kk} = A[ra${i} + (k + ${kk}u) * p.sak];`);
+        aName[i][kk] = `a${i}_${kk}`;
+      }
+    }
+  }
+  if (v.b === "vn") {
+    for (let kk = 0; kk < KS; kk++) {
+      body.push(`let bk${kk} = ((k + ${kk}u) * p.sbk) / 4u;`);
+      for (let j = 0; j < TN; j += 4) {
+        body.push(`let bv${kk}_${j} = B[cb${j} + bk${kk}];`);
+        for (let q = 0; q < 4; q++) bName[kk][j + q] = `bv${kk}_${j}[${q}]`;
+      }
+    }
+  } else if (v.b === "vk") {
+    for (let j = 0; j < TN; j++) {
+      for (let u = 0; u < KS / 4; u++) {
+        body.push(`let bv${j}_${u} = B[cb${j} + k / 4u + ${u}u];`);
+        for (let q = 0; q < 4; q++) bName[4 * u + q][j] = `bv${j}_${u}[${q}]`;
+      }
+    }
+  } else {
+    for (let kk = 0; kk < KS; kk++) {
+      for (let j = 0; j < TN; j++) {
+        body.push(`let b${kk}_${j} = B[cb${j} + (k + ${kk}u) * p.sbk];`);
+        bName[kk][j] = `b${kk}_${j}`;
+      }
+    }
+  }
+  for (let i = 0; i < TM; i++) {
+    for (let j = 0; j < TN; j++) {
+      for (let kk = 0; kk < KS; kk++) {
+        body.push(`c${i}_${j} = fma(${aName[i][kk]}, ${bName[kk][j]}, c${i}_${j});`);
+      }
+    }
+  }
+  return body;
+}
+
+/**
  * The register kernel. With WY == 1 the row block depends only on the workgroup id, so A's
  * addresses are the same in every lane (uniform) and llvmpipe loads them once.
  */
 function registerCode(v: Variant): string {
   const { TM, TN, WX, WY } = v.t;
-  const KS = v.a === "vk" || v.b === "vk" ? 4 : 1;
+  // k values per loop step: a multiple of 4 (vec4 loads along k need K % 4 == 0, which the
+  // modes guarantee); the remainder runs in a second loop.
+  const KS = 4 * (v.t.KU ?? 1);
   const L: string[] = [];
   // Which grid axis walks the row blocks (see MatmulTile.rowsFirst).
   const wgM = v.t.rowsFirst ? "(wg.x + p.wx0)" : "(wg.y + p.wy0)";
@@ -209,67 +281,19 @@ function registerCode(v: Variant): string {
   for (let i = 0; i < TM; i++) {
     L.push(Array.from({ length: TN }, (_, j) => `var c${i}_${j} = 0.0;`).join(" "));
   }
-  const body: string[] = [];
-  // a{i}_{kk}: A(m0+i, k+kk); b{kk}_{j}: B(k+kk, n0+j).
-  const aName: string[][] = [], bName: string[][] = [];
-  for (let i = 0; i < TM; i++) aName.push([]);
-  for (let kk = 0; kk < KS; kk++) bName.push([]);
-  if (v.a === "vk") {
-    for (let i = 0; i < TM; i++) {
-      body.push(`let av${i} = A[ra${i} + k / 4u];`);
-      for (let kk = 0; kk < KS; kk++) aName[i][kk] = `av${i}[${kk}]`;
-    }
-  } else if (v.a === "vm") {
-    for (let kk = 0; kk < KS; kk++) {
-      body.push(`let ak${kk} = (b * p.sab + (k + ${kk}u) * p.sak) / 4u;`);
-      for (let i = 0; i < TM; i += 4) {
-        body.push(`let av${i}_${kk} = A[ak${kk} + mq${i}];`);
-        for (let q = 0; q < 4; q++) aName[i + q][kk] = `av${i}_${kk}[${q}]`;
-      }
-    }
-  } else {
-    for (let i = 0; i < TM; i++) {
-      for (let kk = 0; kk < KS; kk++) {
-        body.push(`let a${i}_${kk} = A[ra${i} + (k + ${kk}u) * p.sak];`);
-        aName[i][kk] = `a${i}_${kk}`;
-      }
-    }
-  }
-  if (v.b === "vn") {
-    for (let kk = 0; kk < KS; kk++) {
-      body.push(`let bk${kk} = ((k + ${kk}u) * p.sbk) / 4u;`);
-      for (let j = 0; j < TN; j += 4) {
-        body.push(`let bv${kk}_${j} = B[cb${j} + bk${kk}];`);
-        for (let q = 0; q < 4; q++) bName[kk][j + q] = `bv${kk}_${j}[${q}]`;
-      }
-    }
-  } else if (v.b === "vk") {
-    for (let j = 0; j < TN; j++) {
-      body.push(`let bv${j} = B[cb${j} + k / 4u];`);
-      for (let kk = 0; kk < KS; kk++) bName[kk][j] = `bv${j}[${kk}]`;
-    }
-  } else {
-    for (let kk = 0; kk < KS; kk++) {
-      for (let j = 0; j < TN; j++) {
-        body.push(`let b${kk}_${j} = B[cb${j} + (k + ${kk}u) * p.sbk];`);
-        bName[kk][j] = `b${kk}_${j}`;
-      }
-    }
-  }
-  for (let kk = 0; kk < KS; kk++) {
-    for (let i = 0; i < TM; i++) {
-      for (let j = 0; j < TN; j++) {
-        body.push(`c${i}_${j} = fma(${aName[i][kk]}, ${bName[kk][j]}, c${i}_${j});`);
-      }
-    }
-  }
+  const main = registerStep(v, KS);
+  // Remainder of K after the unrolled loop: vec4-along-k modes step 4 (K % 4 == 0), others 1.
+  const tailKS = v.a === "vk" || v.b === "vk" ? 4 : 1;
+  const tail = KS > tailKS ? registerStep(v, tailKS) : null;
   return /* wgsl */ `${bindings(v)}
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${L.join("\n  ")}
-  for (var k = 0u; k < p.K; k += ${KS}u) {
-    ${body.join("\n    ")}
+  var k = 0u;
+  for (; k + ${KS}u <= p.K; k += ${KS}u) {
+    ${main.join("\n    ")}
   }
+  ${tail ? `for (; k < p.K; k += ${tailKS}u) {\n    ${tail.join("\n    ")}\n  }` : ""}
   ${stores(v, TM, TN)}
 }`;
 }
@@ -436,7 +460,7 @@ function checkTile(t: MatmulTile): void {
   const ok = (x: number, lo: number, hi: number) => Number.isInteger(x) && x >= lo && x <= hi;
   const bk = t.BK ?? 8;
   if (
-    !ok(t.TM, 1, 32) || !ok(t.TN, 1, 32) || !ok(t.WX, 1, 1024) || !ok(t.WY, 1, 1024) ||
+    !ok(t.TM, 1, 64) || !ok(t.TN, 1, 64) || !ok(t.WX, 1, 1024) || !ok(t.WY, 1, 1024) ||
     (t.kind === "shared" && !ok(bk, 1, 64))
   ) {
     throw new RangeError(`matmul: invalid tile ${JSON.stringify(t)}`);
@@ -473,6 +497,21 @@ function variantCode(v: Variant): string {
 }
 
 /**
+ * The adapter's tile for `d` (kernels/tune.ts), with one correction that needs the strides: when
+ * A cannot be read as vec4s, every A value is a separate per-lane load on CPU adapters, so tall
+ * register blocks stop paying (llvmpipe, attention's p v with K = 197: 32 rows 80 ms, 16 rows
+ * 57 ms).
+ */
+export function defaultTile(d: MatmulDims): MatmulTile {
+  const t = matmulTile(d);
+  if ((t.kind ?? "register") === "register" && t.TM > 16) {
+    const a = matmulModes(d, t).a;
+    if (a === "sk" || a === "sm") return { ...t, TM: 16 };
+  }
+  return t;
+}
+
+/**
  * Record C = act(alpha * op(A) op(B) + bias[N]) for the given dims. `c` must hold
  * batch * M * N floats and must not alias `a`, `b` or `bias`. `tile` defaults to the adapter's
  * choice (`kernels/tune.ts`). Grids larger than the adapter's per-dimension workgroup limit are
@@ -494,7 +533,7 @@ export function matmulKernel(
     }
   }
   if (d.batch * d.M * d.N === 0) return;
-  const t = tile ?? matmulTile(d);
+  const t = tile ?? defaultTile(d);
   checkTile(t);
   const { limits } = gpu().adapter;
   checkBinding("A", a, limits.maxStorageBufferBindingSize);

@@ -31,6 +31,8 @@ export interface MatmulTile {
    * blocks), so they reuse one panel of B from cache while A streams through contiguously.
    */
   rowsFirst?: boolean;
+  /** Register kind only: the k loop is unrolled 4 * KU times (default 1). */
+  KU?: number;
 }
 
 /** The sizes a tile is chosen for (batch, rows, columns, depth). */
@@ -61,17 +63,26 @@ function count(s: MatmulShape, bm: number, bn: number): number {
   return Math.ceil(s.M / bm) * Math.ceil(s.N / bn) * s.batch;
 }
 
-/** Register tile for a CPU adapter: 16 x 8 outputs per lane, 8 lanes (one AVX2 vector). */
+/**
+ * Register tile for a CPU adapter: 8 lanes (one AVX2 vector) along N, TM x TN outputs each.
+ *
+ * Measured on llvmpipe (Mesa 22.3, 2 cores): every storage-buffer load there is a per-lane loop,
+ * so the tile with the most FMAs per loaded value wins: 1024^3 takes ~105 ms of CPU with 32x32,
+ * ~130 ms with 16x16, ~155 ms with 16x8, and 4x4 / 8x8 are 5x slower. Big tiles compile slowly
+ * (0.3 s for 16x8, 0.6 s for 16x16, ~5 s for 32x32), so they are kept for products large enough
+ * to repay it. Tiles never get much wider or taller than the matrix.
+ */
 function cpuTile(s: MatmulShape): MatmulTile {
-  // Measured on llvmpipe (2 cores, 1024^3): 16x8 and 8x16 ~28 GFLOP/s, 8x8 ~21, 4x4 ~8. Smaller
-  // tiles only when the big one would leave a core idle.
-  // rowsFirst: consecutive workgroups share B's column panel in cache (NN 1024^3 under load:
-  // 480 -> 284 ms).
-  if (count(s, 16, 64) >= 4 || s.K < 16) {
-    return { TM: s.M >= 16 ? 16 : 4, TN: 8, WX: 8, WY: 1, rowsFirst: true };
-  }
-  if (count(s, 8, 32) >= 4) return { TM: 8, TN: 4, WX: 8, WY: 1, rowsFirst: true };
-  return { TM: 4, TN: 4, WX: 8, WY: 1, rowsFirst: true };
+  const work = s.batch * s.M * s.N * s.K;
+  const maxOutputs = work >= 2 ** 30 ? 1024 : work >= 2 ** 26 ? 256 : 128;
+  const pick = (limit: number) => [32, 16, 8, 4].find((t) => t <= limit) ?? 4;
+  // Square-ish blocks: the most FMAs per loaded value for a given number of outputs.
+  const TN = pick(Math.max(4, Math.min(Math.sqrt(maxOutputs), s.N / 8)));
+  let TM = pick(Math.max(4, Math.min(s.M, maxOutputs / TN)));
+  // Keep both cores busy: at least 4 workgroups when the product allows it.
+  while (TM > 4 && count(s, TM, 8 * TN) < 4) TM /= 2;
+  // rowsFirst: consecutive workgroups share B's column panel in cache.
+  return { TM, TN, WX: 8, WY: 1, rowsFirst: true };
 }
 
 /** Workgroup-memory tile for a GPU: as large as still gives enough workgroups to fill it. */

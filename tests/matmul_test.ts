@@ -267,6 +267,19 @@ gpuTest("matmul: custom odd tiles and the adapter's own choice", async () => {
   await check(d2, "adapter's choice", {});
 });
 
+gpuTest(
+  "matmul: the CPU's 32x32 register tile (big products), with tails in M, N and K",
+  async () => {
+    // ~5-8 s to compile on llvmpipe: one variant only.
+    const d = dimsOf({ batch: 2, M: 70, N: 300, K: 44, tA: false, tB: false });
+    await check(d, "register 32x32", {
+      tile: { TM: 32, TN: 32, WX: 8, WY: 1, rowsFirst: true },
+      bias: true,
+      act: "relu",
+    });
+  },
+);
+
 Deno.test({
   name: "matmul: the GPU's 128x128 workgroup-memory tile (not on GL: 40 s to compile there)",
   ignore: GL,
