@@ -9,13 +9,17 @@
  *
  * Parallel scheme (one invocation owns one row, which suits llvmpipe's SIMD-across-invocations and
  * keeps the kernels simple):
- * - forward and dQ: a workgroup owns BQ consecutive queries of one (b, h); it walks the keys in
- *   tiles of BK rows that the workgroup loads together into workgroup memory (K and V tiles);
- * - dK/dV: a workgroup owns BQ consecutive keys; it walks the queries in tiles (Q and dO tiles).
- * Workgroup memory stays within 16 KiB: 2 * tile * D4 * 16 bytes.
+ * - forward and dQ: a workgroup owns ROWS consecutive queries of one (b, h); it walks the keys in
+ *   tiles of BK rows (K and V tiles);
+ * - dK/dV: a workgroup owns ROWS consecutive keys; it walks the queries in tiles (Q and dO tiles).
+ * On a GPU the workgroup first loads each tile into workgroup memory, so every K/V row is read
+ * from global memory once per workgroup instead of once per query; that memory stays within
+ * 16 KiB (2 * tile * D4 * 16 bytes), inside llvmpipe's 32 KiB. On CPU adapters the tiles are read
+ * straight from the buffers instead (see {@link TileMode}).
  *
  * Causal masking is top-left aligned like PyTorch's `is_causal`: query i sees keys j <= i.
  */
+import { gpu } from "./device.ts";
 import { type Buf, dispatch, grid } from "./runtime.ts";
 import { FLAT_WG, Params } from "./wgsl.ts";
 
@@ -26,8 +30,34 @@ export const MAX_HEAD_DIM = 128;
 const ROWS = 32;
 /** Workgroup memory budget for the two shared tiles. */
 const SHARED_BYTES = 16384;
-/** Upper bound on the tile length (the per-invocation score array has this many entries). */
+/** Upper bound on the tile length. */
 const MAX_TILE = 32;
+
+/**
+ * How the kernels read the K/V (or Q/dO) tiles: `shared` stages them in workgroup memory (real
+ * GPUs), `direct` reads them from the storage buffers (CPU adapters, where that measured ~1.8x
+ * faster on llvmpipe), `auto` picks by adapter.
+ */
+export type TileMode = "auto" | "shared" | "direct";
+
+let tileMode: TileMode = "auto";
+
+/** Force a {@link TileMode} for every later launch (tests and benchmarks); returns the old one. */
+export function setAttentionTiles(mode: TileMode): TileMode {
+  const old = tileMode;
+  tileMode = mode;
+  return old;
+}
+
+/** True when the launches will stage tiles in workgroup memory. */
+export function sharedTiles(): boolean {
+  if (tileMode !== "auto") return tileMode === "shared";
+  const a = gpu().adapter;
+  // Mesa llvmpipe/lavapipe, SwiftShader, WARP: shaders run on the CPU.
+  const cpu = a.isFallbackAdapter || a.vendor === "65541" /* VK_VENDOR_ID_MESA */ ||
+    /llvmpipe|lavapipe|softpipe|swiftshader|microsoft basic render|warp/i.test(a.description);
+  return !cpu;
+}
 
 /** Sizes of one attention call. */
 export interface AttentionDims {
@@ -101,7 +131,43 @@ const D4 = ${d4}u;
 const NEG = -3.0e38;`;
 }
 
-function forwardCode(d4: number, bk: number, vec: boolean): string {
+/**
+ * The two tiles a row kernel walks (K and V, or Q and dO): WGSL `t<X>(base, r, c)` returns chunk
+ * `c` of tile row `r` (global row `base + r`). Shared: read from workgroup memory, filled by
+ * {@link loadTile}. Direct: read straight from the storage buffer; every invocation reads the same
+ * address, which CPU adapters turn into one scalar load (faster there than workgroup memory and
+ * its barriers).
+ */
+function tiles(a: string, b: string, size: number, shared: boolean): string {
+  return [a, b].map((n) =>
+    shared
+      ? `var<workgroup> s${n}: array<vec4<f32>, ${size}>;
+fn t${n}(base: u32, r: u32, c: u32) -> vec4<f32> { return s${n}[r * D4 + c]; }`
+      : `fn t${n}(base: u32, r: u32, c: u32) -> vec4<f32> { return ld${n}(base + r, c); }`
+  ).join("\n");
+}
+
+/**
+ * WGSL that fills the shared tiles of `a` and `b` with rows `base` + 0 .. n - 1 (zeros past n),
+ * the `threads` invocations of the workgroup striding over the tile; barriers on both sides.
+ */
+function loadTile(a: string, b: string, base: string, rows: string, threads: string): string {
+  return `workgroupBarrier(); // everyone is done with the previous tile
+    for (var e = li; e < ${rows} * D4; e += ${threads}) {
+      let r = e / D4;
+      var va = vec4<f32>(0.0);
+      var vb = vec4<f32>(0.0);
+      if (r < n) {
+        va = ld${a}(${base} + r, e % D4);
+        vb = ld${b}(${base} + r, e % D4);
+      }
+      s${a}[e] = va;
+      s${b}[e] = vb;
+    }
+    workgroupBarrier();`;
+}
+
+function forwardCode(d4: number, bk: number, vec: boolean, shared: boolean): string {
   const t = vec ? "vec4<f32>" : "f32";
   return /* wgsl */ `${header(d4)}
 const BQ = ${ROWS}u;
@@ -112,8 +178,7 @@ ${binding(3, "V", t)}
 ${binding(4, "O", t, true)}
 ${binding(5, "LSE", "f32", true)}
 ${rowAccess(["Q", "K", "V"], ["O"], vec)}
-var<workgroup> sK: array<vec4<f32>, ${bk * d4}>;
-var<workgroup> sV: array<vec4<f32>, ${bk * d4}>;
+${tiles("K", "V", bk * d4, shared)}
 @compute @workgroup_size(${ROWS})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -132,46 +197,29 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   if (p.causal != 0u) { kEnd = min(p.tk, q0 + BQ); } // later keys are masked for every row here
   for (var k0 = 0u; k0 < kEnd; k0 += BK) {
     let n = min(BK, kEnd - k0);
-    workgroupBarrier(); // everyone is done with the previous tile
-    for (var e = li; e < BK * D4; e += BQ) {
-      let r = e / D4;
-      var kv = vec4<f32>(0.0);
-      var vv = vec4<f32>(0.0);
-      if (r < n) {
-        let row = bh * p.tk + k0 + r;
-        kv = ldK(row, e % D4);
-        vv = ldV(row, e % D4);
-      }
-      sK[e] = kv;
-      sV[e] = vv;
-    }
-    workgroupBarrier();
+    let kb = bh * p.tk + k0;
+    ${shared ? loadTile("K", "V", "kb", "BK", "BQ") : ""}
     var lim = n;
     if (p.causal != 0u) { lim = min(n, select(0u, i + 1u - k0, i + 1u > k0)); }
-    var s: array<f32, BK>;
-    var mt = NEG;
     for (var j = 0u; j < BK; j++) {
       if (j < lim) {
         var d = vec4<f32>(0.0);
-        for (var c = 0u; c < D4; c++) { d = fma(q[c], sK[j * D4 + c], d); }
-        s[j] = d.x + d.y + d.z + d.w;
-        mt = max(mt, s[j]);
-      }
-    }
-    if (lim > 0u) {
-      // Online softmax: rescale the running sum and accumulator once per tile.
-      let mn = max(m, mt);
-      let corr = exp(m - mn);
-      l *= corr;
-      for (var c = 0u; c < D4; c++) { acc[c] *= corr; }
-      for (var j = 0u; j < BK; j++) {
-        if (j < lim) {
-          let pj = exp(s[j] - mn);
-          l += pj;
-          for (var c = 0u; c < D4; c++) { acc[c] = fma(vec4<f32>(pj), sV[j * D4 + c], acc[c]); }
+        for (var c = 0u; c < D4; c++) { d = fma(q[c], tK(kb, j, c), d); }
+        let sj = d.x + d.y + d.z + d.w;
+        if (sj > m) {
+          // Online softmax, one key at a time: rescale only when the running max grows (a few
+          // times per row). Keeping a tile of scores instead (two passes per tile) ran 1.5x
+          // faster on llvmpipe/Vulkan, no faster on llvmpipe/GL, and Mesa's GL compiler needs
+          // 3 s (scores in workgroup memory) to 45 s (a private array) per such kernel.
+          let corr = exp(m - sj);
+          l *= corr;
+          for (var c = 0u; c < D4; c++) { acc[c] *= corr; }
+          m = sj;
         }
+        let pj = exp(sj - m);
+        l += pj;
+        for (var c = 0u; c < D4; c++) { acc[c] = fma(vec4<f32>(pj), tV(kb, j, c), acc[c]); }
       }
-      m = mn;
     }
   }
   if (i < p.tq) {
@@ -199,7 +247,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }`;
 }
 
-function dqCode(d4: number, bk: number, vec: boolean): string {
+function dqCode(d4: number, bk: number, vec: boolean, shared: boolean): string {
   const t = vec ? "vec4<f32>" : "f32";
   return /* wgsl */ `${header(d4)}
 const BQ = ${ROWS}u;
@@ -212,8 +260,7 @@ ${binding(5, "LSE", "f32")}
 ${binding(6, "DELTA", "f32")}
 ${binding(7, "dQ", t, true)}
 ${rowAccess(["Q", "K", "V", "dO"], ["dQ"], vec)}
-var<workgroup> sK: array<vec4<f32>, ${bk * d4}>;
-var<workgroup> sV: array<vec4<f32>, ${bk * d4}>;
+${tiles("K", "V", bk * d4, shared)}
 @compute @workgroup_size(${ROWS})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -236,20 +283,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   if (p.causal != 0u) { kEnd = min(p.tk, q0 + BQ); }
   for (var k0 = 0u; k0 < kEnd; k0 += BK) {
     let n = min(BK, kEnd - k0);
-    workgroupBarrier();
-    for (var e = li; e < BK * D4; e += BQ) {
-      let r = e / D4;
-      var kv = vec4<f32>(0.0);
-      var vv = vec4<f32>(0.0);
-      if (r < n) {
-        let row = bh * p.tk + k0 + r;
-        kv = ldK(row, e % D4);
-        vv = ldV(row, e % D4);
-      }
-      sK[e] = kv;
-      sV[e] = vv;
-    }
-    workgroupBarrier();
+    let kb = bh * p.tk + k0;
+    ${shared ? loadTile("K", "V", "kb", "BK", "BQ") : ""}
     var lim = n;
     if (p.causal != 0u) { lim = min(n, select(0u, i + 1u - k0, i + 1u > k0)); }
     for (var j = 0u; j < BK; j++) {
@@ -257,12 +292,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         var sd = vec4<f32>(0.0);
         var pd = vec4<f32>(0.0);
         for (var c = 0u; c < D4; c++) {
-          sd = fma(q[c], sK[j * D4 + c], sd);
-          pd = fma(go[c], sV[j * D4 + c], pd);
+          sd = fma(q[c], tK(kb, j, c), sd);
+          pd = fma(go[c], tV(kb, j, c), pd);
         }
         let pj = exp(sd.x + sd.y + sd.z + sd.w - lse);
         let ds = pj * (pd.x + pd.y + pd.z + pd.w - delta);
-        for (var c = 0u; c < D4; c++) { dq[c] = fma(vec4<f32>(ds), sK[j * D4 + c], dq[c]); }
+        for (var c = 0u; c < D4; c++) { dq[c] = fma(vec4<f32>(ds), tK(kb, j, c), dq[c]); }
       }
     }
   }
@@ -272,7 +307,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }`;
 }
 
-function dkvCode(d4: number, bq: number, vec: boolean): string {
+function dkvCode(d4: number, bq: number, vec: boolean, shared: boolean): string {
   const t = vec ? "vec4<f32>" : "f32";
   return /* wgsl */ `${header(d4)}
 const BKEY = ${ROWS}u;
@@ -286,8 +321,7 @@ ${binding(6, "DELTA", "f32")}
 ${binding(7, "dK", t, true)}
 ${binding(8, "dV", t, true)}
 ${rowAccess(["Q", "K", "V", "dO"], ["dK", "dV"], vec)}
-var<workgroup> sQ: array<vec4<f32>, ${bq * d4}>;
-var<workgroup> sG: array<vec4<f32>, ${bq * d4}>;
+${tiles("Q", "dO", bq * d4, shared)}
 @compute @workgroup_size(${ROWS})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -310,20 +344,8 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   if (p.causal != 0u) { qStart = k0; }
   for (var q0 = qStart; q0 < p.tq; q0 += BQ) {
     let n = min(BQ, p.tq - q0);
-    workgroupBarrier();
-    for (var e = li; e < BQ * D4; e += BKEY) {
-      let r = e / D4;
-      var qv = vec4<f32>(0.0);
-      var gv = vec4<f32>(0.0);
-      if (r < n) {
-        let row = bh * p.tq + q0 + r;
-        qv = ldQ(row, e % D4);
-        gv = lddO(row, e % D4);
-      }
-      sQ[e] = qv;
-      sG[e] = gv;
-    }
-    workgroupBarrier();
+    let qb = bh * p.tq + q0;
+    ${shared ? loadTile("Q", "dO", "qb", "BQ", "BKEY") : ""}
     // Rows r < first are masked for this key (causal: query q0 + r must be >= j).
     var first = 0u;
     if (p.causal != 0u && j > q0) { first = j - q0; }
@@ -333,15 +355,15 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         var sd = vec4<f32>(0.0);
         var pd = vec4<f32>(0.0);
         for (var c = 0u; c < D4; c++) {
-          sd = fma(sQ[r * D4 + c], k[c], sd);
-          pd = fma(sG[r * D4 + c], v[c], pd);
+          sd = fma(tQ(qb, r, c), k[c], sd);
+          pd = fma(tdO(qb, r, c), v[c], pd);
         }
         // LSE and DELTA of one query are the same for every invocation: a broadcast read.
         let pr = exp(sd.x + sd.y + sd.z + sd.w - LSE[row]);
         let ds = pr * (pd.x + pd.y + pd.z + pd.w - DELTA[row]);
         for (var c = 0u; c < D4; c++) {
-          dv[c] = fma(vec4<f32>(pr), sG[r * D4 + c], dv[c]);
-          dk[c] = fma(vec4<f32>(ds), sQ[r * D4 + c], dk[c]);
+          dv[c] = fma(vec4<f32>(pr), tdO(qb, r, c), dv[c]);
+          dk[c] = fma(vec4<f32>(ds), tQ(qb, r, c), dk[c]);
         }
       }
     }
@@ -384,9 +406,10 @@ export function attentionForwardKernel(
   const d4 = Math.ceil(d.d / 4);
   const vec = d.d % 4 === 0;
   const ntile = Math.ceil(d.tq / ROWS);
+  const shared = sharedTiles();
   dispatch(
-    `attention_fwd_d${d.d}`,
-    forwardCode(d4, tileRows(d4), vec),
+    `attention_fwd_d${d.d}${shared ? "" : "_direct"}`,
+    forwardCode(d4, tileRows(d4), vec, shared),
     [q, k, v, o, lse],
     params(d, ntile),
     grid(d.bh * ntile),
@@ -424,11 +447,13 @@ export function attentionBackwardKernel(
     grid(Math.ceil(rows / 64)),
   );
   const tile = tileRows(d4);
+  const shared = sharedTiles();
+  const sfx = shared ? "" : "_direct";
   if (dq) {
     const ntile = Math.ceil(d.tq / ROWS);
     dispatch(
-      `attention_dq_d${d.d}`,
-      dqCode(d4, tile, vec),
+      `attention_dq_d${d.d}${sfx}`,
+      dqCode(d4, tile, vec, shared),
       [q, k, v, dO, lse, delta, dq],
       params(d, ntile),
       grid(d.bh * ntile),
@@ -437,8 +462,8 @@ export function attentionBackwardKernel(
   if (dk && dv) {
     const ntile = Math.ceil(d.tk / ROWS);
     dispatch(
-      `attention_dkv_d${d.d}`,
-      dkvCode(d4, tile, vec),
+      `attention_dkv_d${d.d}${sfx}`,
+      dkvCode(d4, tile, vec, shared),
       [q, k, v, dO, lse, delta, dk, dv],
       params(d, ntile),
       grid(d.bh * ntile),

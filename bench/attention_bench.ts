@@ -1,0 +1,77 @@
+/**
+ * `deno bench -A bench/attention_bench.ts`: fused flash-style attention vs the unfused
+ * matmul-softmax-matmul composition, forward and forward + backward, for a ViT-B/16 layer
+ * (B=8, H=12, T=197, D=64) and a causal CLIP text layer (B=8, H=8, T=77, D=64).
+ *
+ * Each iteration records the work and waits for the GPU (`sync`), so the times are GPU times plus
+ * the fixed cost of one submit and wait. Inputs are uploaded once, outside the timed region.
+ * `ATTN_BENCH_N` sets the iterations per case (default 5, after 1 warm-up): llvmpipe is slow.
+ */
+import { init } from "../kernels/device.ts";
+import { sync } from "../kernels/runtime.ts";
+import { backward } from "../nn/autograd.ts";
+import { randn, type Tensor, tidy } from "../nn/tensor.ts";
+import { attention, type AttentionOptions, attentionUnfused } from "../nn/ops/attention.ts";
+
+const gpu = await init();
+const N = Number(Deno.env.get("ATTN_BENCH_N") ?? 5);
+
+interface Shape {
+  label: string;
+  B: number;
+  H: number;
+  T: number;
+  D: number;
+  causal: boolean;
+}
+
+const SHAPES: Shape[] = [
+  { label: "ViT-B/16 B=8 H=12 T=197 D=64", B: 8, H: 12, T: 197, D: 64, causal: false },
+  { label: "text causal B=8 H=8 T=77 D=64", B: 8, H: 8, T: 77, D: 64, causal: true },
+];
+
+type Attn = (q: Tensor, k: Tensor, v: Tensor, o: AttentionOptions) => Tensor;
+
+for (const s of SHAPES) {
+  const shape = [s.B, s.H, s.T, s.D];
+  const flops = 4 * s.B * s.H * s.T * s.T * s.D * (s.causal ? 0.5 : 1);
+  const mk = (seed: number, grad: boolean) => randn(shape, { seed, requiresGrad: grad });
+  // Kept for the whole process: one set with gradients, one without.
+  const plain = [mk(1, false), mk(2, false), mk(3, false)];
+  const train = [mk(1, true), mk(2, true), mk(3, true)];
+  const g = randn(shape, { seed: 4 });
+  for (
+    const [impl, f] of [["fused", attention], ["unfused", attentionUnfused]] as [string, Attn][]
+  ) {
+    Deno.bench({
+      name: `${impl} forward`,
+      group: `${s.label} forward (${(flops / 1e9).toFixed(2)} GFLOP) [${gpu.adapter.description}]`,
+      baseline: impl === "fused",
+      n: N,
+      warmup: 1,
+      async fn() {
+        tidy(() => {
+          f(plain[0], plain[1], plain[2], { causal: s.causal });
+        });
+        await sync();
+      },
+    });
+    Deno.bench({
+      name: `${impl} forward + backward`,
+      group: `${s.label} forward + backward [${gpu.adapter.description}]`,
+      baseline: impl === "fused",
+      n: N,
+      warmup: 1,
+      async fn() {
+        tidy(() => {
+          backward(f(train[0], train[1], train[2], { causal: s.causal }), { grad: g });
+          for (const t of train) {
+            t.grad?.dispose();
+            t.grad = null;
+          }
+        });
+        await sync();
+      },
+    });
+  }
+}
