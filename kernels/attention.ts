@@ -21,6 +21,7 @@
  */
 import { gpu } from "./device.ts";
 import { type Buf, dispatch, grid } from "./runtime.ts";
+import { isCpuAdapter } from "./tune.ts";
 import { FLAT_WG, Params } from "./wgsl.ts";
 
 /** Largest head dimension the kernels are compiled for. */
@@ -52,11 +53,7 @@ export function setAttentionTiles(mode: TileMode): TileMode {
 /** True when the launches will stage tiles in workgroup memory. */
 export function sharedTiles(): boolean {
   if (tileMode !== "auto") return tileMode === "shared";
-  const a = gpu().adapter;
-  // Mesa llvmpipe/lavapipe, SwiftShader, WARP: shaders run on the CPU.
-  const cpu = a.isFallbackAdapter || a.vendor === "65541" /* VK_VENDOR_ID_MESA */ ||
-    /llvmpipe|lavapipe|softpipe|swiftshader|microsoft basic render|warp/i.test(a.description);
-  return !cpu;
+  return !isCpuAdapter(gpu().adapter);
 }
 
 /** Sizes of one attention call. */

@@ -9,11 +9,11 @@ import {
   attentionForwardKernel,
   MAX_HEAD_DIM,
 } from "../../kernels/attention.ts";
-import { noGrad, record } from "../autograd.ts";
+import { record } from "../autograd.ts";
 import { empty, type Tensor, tensor } from "../tensor.ts";
-import { add, div, exp, scale as scaleBy, sub } from "./elementwise.ts";
+import { add, scale as scaleBy } from "./elementwise.ts";
 import { matmul } from "./matmul.ts";
-import { max, sum } from "./reduce.ts";
+import { softmax } from "./nn.ts";
 
 /** Options for {@link attention} and {@link attentionUnfused}. */
 export interface AttentionOptions {
@@ -88,19 +88,10 @@ export function attention(
 }
 
 /**
- * Softmax over the last axis built from differentiable ops: exp(x - max) / sum. The max is taken
- * without gradient: softmax does not depend on the shift, so its gradient through the max is zero.
- */
-function rowSoftmax(x: Tensor): Tensor {
-  const m = noGrad(() => max(x, -1, true));
-  const e = exp(sub(x, m));
-  return div(e, sum(e, -1, true));
-}
-
-/**
  * The same function as {@link attention}, computed the textbook way: scores = scale * q k^T
- * ([B, H, Tq, Tk] in memory), an additive -1e30 causal mask, a row softmax, then scores v. Every
- * step is an existing differentiable op, so backward comes from autograd. For benchmarks and
+ * ([B, H, Tq, Tk] in memory), an additive -1e30 causal mask, the fused row softmax of `nn.ts`,
+ * then probabilities times v. Every step is an existing differentiable op, so backward comes from
+ * autograd; the intermediates belong to the caller's `tidy` scope. For benchmarks and
  * cross-checks; prefer {@link attention}.
  */
 export function attentionUnfused(
@@ -118,5 +109,5 @@ export function attentionUnfused(
     }
     s = add(s, tensor(mask, [d.tq, d.tk]));
   }
-  return matmul(rowSoftmax(s), v);
+  return matmul(softmax(s, -1), v);
 }
