@@ -260,6 +260,18 @@ function cosineWorkload(id: string, N: number, M: number, withPeers: boolean): W
 interface Timing {
   ms: number;
   inner: number;
+  /** Process CPU time per execution (Linux), all threads: llvmpipe's work shows up here. */
+  cpuMs?: number;
+}
+
+/** utime + stime of this process in ms, from /proc (null where unavailable). */
+function cpuTime(): number | null {
+  try {
+    const f = Deno.readTextFileSync("/proc/self/stat").split(") ")[1].split(" ");
+    return (Number(f[11]) + Number(f[12])) * 10; // clock ticks of 10 ms
+  } catch {
+    return null;
+  }
 }
 
 /**
@@ -277,10 +289,15 @@ async function time(r: Runner): Promise<Timing> {
   await batch(1);
   let inner = 1;
   for (let t = await batch(1); t < 1000 && inner < 256; inner *= 2) t = await batch(inner * 2);
-  const samples: number[] = [];
-  for (let i = 0; i < REPS; i++) samples.push((await batch(inner)) / inner);
-  samples.sort((a, b) => a - b);
-  return { ms: samples[samples.length >> 1], inner };
+  const samples: number[] = [], cpu: number[] = [];
+  for (let i = 0; i < REPS; i++) {
+    const c0 = cpuTime();
+    samples.push((await batch(inner)) / inner);
+    const c1 = cpuTime();
+    if (c0 !== null && c1 !== null) cpu.push((c1 - c0) / inner);
+  }
+  const median = (x: number[]) => x.sort((a, b) => a - b)[x.length >> 1];
+  return { ms: median(samples), inner, cpuMs: cpu.length ? median(cpu) : undefined };
 }
 
 // ---- main -----------------------------------------------------------------------------------
@@ -328,6 +345,7 @@ interface Row {
   engine: string;
   ms?: number;
   inner?: number;
+  cpuMs?: number;
   error?: string;
   agrees?: string;
 }
@@ -348,6 +366,7 @@ for (const w of workloads) {
       const t = await time(r);
       row.ms = t.ms;
       row.inner = t.inner;
+      row.cpuMs = t.cpuMs;
       const res = await r.result();
       if (!ref) {
         ref = res;
@@ -396,7 +415,16 @@ const ratioCheck = (id: string, peer: string, min: number, what: string, ourEngi
     return;
   }
   const r = theirs / mine;
-  checks.push(`- [${r >= min ? "x" : " "}] ${what}: ${r.toFixed(2)}x (need >= ${min}x)`);
+  const cpu = (e: string) => results.get(id)?.find((x) => x.engine.startsWith(e))?.cpuMs;
+  const cm = cpu(ourEngine ?? "this engine"), ct = cpu(peer);
+  const cpuNote = cm && ct
+    ? `; in CPU time per execution ${(ct / cm).toFixed(2)}x (${ct.toFixed(0)} vs ${
+      cm.toFixed(0)
+    } ms)`
+    : "";
+  checks.push(
+    `- [${r >= min ? "x" : " "}] ${what}: ${r.toFixed(2)}x (need >= ${min}x)${cpuNote}`,
+  );
 };
 for (const p of ["tfjs-webgpu", "onnxruntime-web"]) {
   ratioCheck("matmul-1024", p, 6, `1024^3 fp32 matmul vs ${p}`);
@@ -518,9 +546,10 @@ lines.push("");
 lines.push("## All measurements");
 lines.push("");
 lines.push(
-  "| workload | engine | ms | GFLOP/s | GB/s | speed-up of this engine | runs per wait | agrees |",
+  "| workload | engine | ms | GFLOP/s | GB/s | speed-up of this engine | CPU ms | runs per wait " +
+    "| agrees |",
 );
-lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |");
+lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
 for (const w of workloads) {
   const rows = results.get(w.id)!;
   const mine = rows[0]?.ms;
@@ -532,7 +561,7 @@ for (const w of workloads) {
       `| ${w.label} | ${r.engine} | ${r.ms?.toFixed(2) ?? "—"} | ` +
         `${r.ms !== undefined && w.flops ? (w.flops / r.ms / 1e6).toFixed(2) : "—"} | ` +
         `${r.ms !== undefined ? (w.bytes / r.ms / 1e6).toFixed(2) : "—"} | ${sp} | ` +
-        `${r.inner ?? ""} | ` +
+        `${r.cpuMs?.toFixed(1) ?? "—"} | ${r.inner ?? ""} | ` +
         `${r.error ? "failed: " + r.error.replaceAll("|", "/") : r.agrees} |`,
     );
   }
