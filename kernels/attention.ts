@@ -198,25 +198,26 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     ${shared ? loadTile("K", "V", "kb", "BK", "BQ") : ""}
     var lim = n;
     if (p.causal != 0u) { lim = min(n, select(0u, i + 1u - k0, i + 1u > k0)); }
-    for (var j = 0u; j < BK; j++) {
-      if (j < lim) {
-        var d = vec4<f32>(0.0);
-        for (var c = 0u; c < D4; c++) { d = fma(q[c], tK(kb, j, c), d); }
-        let sj = d.x + d.y + d.z + d.w;
-        if (sj > m) {
-          // Online softmax, one key at a time: rescale only when the running max grows (a few
-          // times per row). Keeping a tile of scores instead (two passes per tile) ran 1.5x
-          // faster on llvmpipe/Vulkan, no faster on llvmpipe/GL, and Mesa's GL compiler needs
-          // 3 s (scores in workgroup memory) to 45 s (a private array) per such kernel.
-          let corr = exp(m - sj);
-          l *= corr;
-          for (var c = 0u; c < D4; c++) { acc[c] *= corr; }
-          m = sj;
-        }
-        let pj = exp(sj - m);
-        l += pj;
-        for (var c = 0u; c < D4; c++) { acc[c] = fma(vec4<f32>(pj), tV(kb, j, c), acc[c]); }
+    // The loop bound and the loads are the same for the whole workgroup; the causal mask is
+    // applied with select, not with a branch, so CPU adapters keep scalar (uniform) loads.
+    for (var j = 0u; j < n; j++) {
+      let valid = j < lim;
+      var d = vec4<f32>(0.0);
+      for (var c = 0u; c < D4; c++) { d = fma(q[c], tK(kb, j, c), d); }
+      let sj = select(NEG, d.x + d.y + d.z + d.w, valid);
+      if (sj > m) {
+        // Online softmax, one key at a time: rescale only when the running max grows (a few
+        // times per row). Keeping a tile of scores instead (two passes per tile) ran 1.5x
+        // faster on llvmpipe/Vulkan, no faster on llvmpipe/GL, and Mesa's GL compiler needs
+        // 3 s (scores in workgroup memory) to 45 s (a private array) per such kernel.
+        let corr = exp(m - sj);
+        l *= corr;
+        for (var c = 0u; c < D4; c++) { acc[c] *= corr; }
+        m = sj;
       }
+      let pj = select(0.0, exp(sj - m), valid);
+      l += pj;
+      for (var c = 0u; c < D4; c++) { acc[c] = fma(vec4<f32>(pj), tV(kb, j, c), acc[c]); }
     }
   }
   if (i < p.tq) {
@@ -284,18 +285,16 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     ${shared ? loadTile("K", "V", "kb", "BK", "BQ") : ""}
     var lim = n;
     if (p.causal != 0u) { lim = min(n, select(0u, i + 1u - k0, i + 1u > k0)); }
-    for (var j = 0u; j < BK; j++) {
-      if (j < lim) {
-        var sd = vec4<f32>(0.0);
-        var pd = vec4<f32>(0.0);
-        for (var c = 0u; c < D4; c++) {
-          sd = fma(q[c], tK(kb, j, c), sd);
-          pd = fma(go[c], tV(kb, j, c), pd);
-        }
-        let pj = exp(sd.x + sd.y + sd.z + sd.w - lse);
-        let ds = pj * (pd.x + pd.y + pd.z + pd.w - delta);
-        for (var c = 0u; c < D4; c++) { dq[c] = fma(vec4<f32>(ds), tK(kb, j, c), dq[c]); }
+    for (var j = 0u; j < n; j++) {
+      var sd = vec4<f32>(0.0);
+      var pd = vec4<f32>(0.0);
+      for (var c = 0u; c < D4; c++) {
+        sd = fma(q[c], tK(kb, j, c), sd);
+        pd = fma(go[c], tV(kb, j, c), pd);
       }
+      let pj = select(0.0, exp(sd.x + sd.y + sd.z + sd.w - lse), j < lim);
+      let ds = pj * (pd.x + pd.y + pd.z + pd.w - delta);
+      for (var c = 0u; c < D4; c++) { dq[c] = fma(vec4<f32>(ds), tK(kb, j, c), dq[c]); }
     }
   }
   if (i < p.tq) {
@@ -346,22 +345,20 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     // Rows r < first are masked for this key (causal: query q0 + r must be >= j).
     var first = 0u;
     if (p.causal != 0u && j > q0) { first = j - q0; }
-    for (var r = 0u; r < BQ; r++) {
-      if (r < n && r >= first) {
-        let row = bh * p.tq + q0 + r;
-        var sd = vec4<f32>(0.0);
-        var pd = vec4<f32>(0.0);
-        for (var c = 0u; c < D4; c++) {
-          sd = fma(tQ(qb, r, c), k[c], sd);
-          pd = fma(tdO(qb, r, c), v[c], pd);
-        }
-        // LSE and DELTA of one query are the same for every invocation: a broadcast read.
-        let pr = exp(sd.x + sd.y + sd.z + sd.w - LSE[row]);
-        let ds = pr * (pd.x + pd.y + pd.z + pd.w - DELTA[row]);
-        for (var c = 0u; c < D4; c++) {
-          dv[c] = fma(vec4<f32>(pr), tdO(qb, r, c), dv[c]);
-          dk[c] = fma(vec4<f32>(ds), tQ(qb, r, c), dk[c]);
-        }
+    for (var r = 0u; r < n; r++) {
+      let row = qb + r;
+      var sd = vec4<f32>(0.0);
+      var pd = vec4<f32>(0.0);
+      for (var c = 0u; c < D4; c++) {
+        sd = fma(tQ(qb, r, c), k[c], sd);
+        pd = fma(tdO(qb, r, c), v[c], pd);
+      }
+      // LSE and DELTA of one query are the same for every invocation: a broadcast read.
+      let pr = select(0.0, exp(sd.x + sd.y + sd.z + sd.w - LSE[row]), r >= first);
+      let ds = pr * (pd.x + pd.y + pd.z + pd.w - DELTA[row]);
+      for (var c = 0u; c < D4; c++) {
+        dv[c] = fma(vec4<f32>(pr), tdO(qb, r, c), dv[c]);
+        dk[c] = fma(vec4<f32>(ds), tQ(qb, r, c), dk[c]);
       }
     }
   }
