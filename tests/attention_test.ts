@@ -1,12 +1,12 @@
 /**
  * Fused attention: forward and backward against a float64 CPU reference on odd shapes (D = 7,
- * 16, 64, 128, causal and not), finite differences of the GPU forward, the unfused composition
+ * 16, 64, 128, causal and not; every tile mode), finite differences of the GPU forward, the unfused composition
  * as a second opinion, and T = 4096 (forward only) without a T x T buffer.
  */
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { poolStats, sizeClass } from "../kernels/runtime.ts";
-import { setAttentionTiles, sharedTiles } from "../kernels/attention.ts";
+import { setAttentionTiles, sharedTiles, type TileMode } from "../kernels/attention.ts";
 import { backward } from "../nn/autograd.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import { mul, sum } from "../nn/ops/index.ts";
@@ -140,17 +140,20 @@ const CASES: Case[] = [
   { B: 1, H: 2, Tq: 20, Tk: 20, D: 128, causal: true },
   { B: 1, H: 1, Tq: 3, Tk: 70, D: 1, causal: false, scale: 0.7 },
   { B: 1, H: 2, Tq: 40, Tk: 17, D: 5, causal: true }, // Tq > Tk: rows past Tk see every key
+  { B: 1, H: 2, Tq: 40, Tk: 17, D: 8, causal: true }, // the same through the blocked forward
 ];
 
 for (const [n, c] of CASES.entries()) {
   gpuTest(`attention forward + backward vs float64: ${name(c)}`, async () => {
     const x = inputs(c, 100 + 10 * n);
     const ref = attentionRef(x.q, x.k, x.v, x.g, c);
-    // Both tile paths: workgroup-memory tiles (what GPUs use) and direct reads (CPU adapters).
+    // Every tile path: workgroup-memory tiles (what GPUs use), direct reads, and the
+    // register-blocked forward (CPU adapters, D % 4 == 0; other D fall back to direct).
     // On a CPU adapter the shared path is only checked for D = 7 and 16 (scalar and vec4 rows):
     // Mesa's GL compiler takes seconds to a minute (cold cache) per shared-tile kernel.
     const both = sharedTiles() || c.D === 7 || c.D === 16;
-    const modes = both ? ["shared", "direct"] as const : ["direct"] as const;
+    const modes: TileMode[] = both ? ["shared", "direct"] : ["direct"];
+    if (c.D % 4 === 0) modes.push("blocked");
     for (const mode of modes) {
       const old = setAttentionTiles(mode);
       try {
