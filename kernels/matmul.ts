@@ -461,7 +461,7 @@ function checkTile(t: MatmulTile): void {
   const bk = t.BK ?? 8;
   if (
     !ok(t.TM, 1, 64) || !ok(t.TN, 1, 64) || !ok(t.WX, 1, 1024) || !ok(t.WY, 1, 1024) ||
-    (t.kind === "shared" && !ok(bk, 1, 64))
+    (t.kind === "shared" && !ok(bk, 1, 64)) || !ok(t.KU ?? 1, 1, 4)
   ) {
     throw new RangeError(`matmul: invalid tile ${JSON.stringify(t)}`);
   }

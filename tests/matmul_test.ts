@@ -260,6 +260,10 @@ gpuTest("matmul: every activation, alpha and bias in the epilogue", async () => 
 gpuTest("matmul: custom odd tiles and the adapter's own choice", async () => {
   const d = dimsOf({ batch: 2, M: 45, N: 51, K: 37, tA: true, tB: false });
   await check(d, "register 3x5", { tile: { TM: 3, TN: 5, WX: 4, WY: 2 } });
+  // k unrolled by 8 with a 4-step tail (K = 44) and a 1-step tail (odd K, scalar loads).
+  const d8 = dimsOf({ batch: 1, M: 9, N: 24, K: 44, tA: false, tB: true });
+  await check(d8, "register KU 2, K = 44", { tile: { TM: 4, TN: 8, WX: 8, WY: 1, KU: 2 } });
+  await check(d, "register KU 2, K = 37", { tile: { TM: 4, TN: 8, WX: 8, WY: 1, KU: 2 } });
   await check(d, "shared 2x3 BK 5", {
     tile: { kind: "shared", TM: 2, TN: 3, WX: 4, WY: 8, BK: 5 },
   });
