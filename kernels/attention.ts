@@ -38,8 +38,8 @@ const MAX_TILE = 32;
  * How the kernels read the K/V (or Q/dO) tiles: `shared` stages them in workgroup memory (real
  * GPUs), `direct` reads them from the storage buffers (CPU adapters: on llvmpipe the ViT-B/16
  * forward took 195 ms direct vs 243 ms shared), `blocked` is `direct` except that the forward
- * uses the register-blocked kernel {@link blockedForwardCode} when D % 4 == 0 (on llvmpipe/Vulkan
- * about 2x faster than `direct` for ViT-B/16), `auto` picks `shared` on GPUs, `blocked` on CPU
+ * uses the lanes-along-queries kernel {@link rowsForwardCode} when D % 4 == 0 (on llvmpipe
+ * ViT-B/16 about 3x faster than `direct`, ~0.75x the unfused composition), `auto` picks `shared` on GPUs, `blocked` on CPU
  * adapters.
  */
 export type TileMode = "auto" | "shared" | "direct" | "blocked";
@@ -53,8 +53,16 @@ export function setAttentionTiles(mode: TileMode): TileMode {
   return old;
 }
 
-/** Queries per workgroup of the blocked forward (a multiple of 8). */
-const BLOCK_Q = 16;
+/** Lanes of the {@link rowsForwardCode} workgroup: one AVX2 vector on llvmpipe. */
+const RW_LANES = 8;
+/**
+ * Queries per lane of {@link rowsForwardCode}. Measured on llvmpipe (2 cores) for ViT-B/16,
+ * fused / unfused time with keys per block 2: 4 -> 0.92, 6 -> 0.76, 8 -> 0.69; but the fully
+ * unrolled kernel grows with it and Mesa's GL compiler needs ~1.2 s, ~1.9 s, ~2.9 s (first call).
+ */
+const RW_QPL = 6;
+/** Keys per block of {@link rowsForwardCode} (its loop body is unrolled over them). */
+const RW_KB = 2;
 
 /** True when the launches will stage tiles in workgroup memory. */
 export function sharedTiles(): boolean {
@@ -63,7 +71,7 @@ export function sharedTiles(): boolean {
 }
 
 /**
- * True when the forward uses {@link blockedForwardCode}: CPU adapters (or `blocked` forced) and
+ * True when the forward uses {@link rowsForwardCode}: CPU adapters (or `blocked` forced) and
  * D % 4 == 0; other D take the direct row kernel.
  */
 function blockedForward(d: number): boolean {
@@ -244,159 +252,96 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
 }`;
 }
 
-/** Lanes of the {@link blockedForwardCode} workgroup: one AVX2 vector on llvmpipe. */
-const LANES = 8;
-/** Keys per lane in phase 1 of {@link blockedForwardCode} (one vec4 of scores). */
-const KPL = 4;
-
 /**
- * Forward for CPU adapters (D % 4 == 0), flash attention as two register-blocked matmuls per key
- * block. A workgroup of {@link LANES} lanes owns `bq` queries of one (b, h) and walks the keys in
- * blocks of BK = LANES * KPL:
- * 1. S = scale * Q K^T for the block: lanes along keys (KPL each), Q rows the same address in
- *    every lane (llvmpipe loads them once and broadcasts), bq * KPL scores in registers; masked
- *    scores (causal, past Tk) become NEG by select; S goes to workgroup memory.
- * 2. online softmax: each lane owns bq / LANES rows (their running max and sum stay in its
- *    registers); it turns its rows of S into probabilities and publishes the rescale factor.
- * 3. O = O * alpha + P V: lanes along D (vec4 columns li, li + 8, ...), P read uniformly from
- *    workgroup memory, bq * ceil(D4 / 8) vec4 accumulators in registers.
- * The tile loops are generated straight-line (named registers, like matmul's register kernel);
- * only the loops over D and over the key block's columns stay loops, to keep compile time low.
+ * Forward for CPU adapters (D % 4 == 0) with lanes along queries: each of the {@link RW_LANES}
+ * lanes owns {@link RW_QPL} queries (their scaled Q rows, running max, sum and output in
+ * registers, spilled to the stack by the compiler), and the workgroup walks the keys in blocks of
+ * {@link RW_KB}. Every K and V load has the same address in all lanes, so llvmpipe emits one
+ * scalar load and a broadcast instead of a per-lane gather (its costliest operation), and the
+ * softmax needs no workgroup memory and no barrier. Fully unrolled over D (named registers).
  */
-function blockedForwardCode(d4: number, bq: number): string {
-  const BK = LANES * KPL;
-  const BK4 = BK / 4;
-  const CV = Math.ceil(d4 / LANES);
-  const RPL = bq / LANES;
-  const L: string[] = [];
+function rowsForwardCode(d4: number): string {
+  const W = RW_LANES, R = RW_QPL, KB = RW_KB;
   const range = (n: number) => [...Array(n).keys()];
-  const qr = range(bq).map((i) => `let qr${i} = (qb + min(q0 + ${i}u, p.tq - 1u)) * D4;`);
-  const cols = range(CV).map((u) => `let col${u} = min(li + ${LANES * u}u, D4 - 1u);`);
-  const state = range(RPL).map((r) => `var m${r} = NEG; var l${r} = 0.0;`);
-  const oacc = range(bq).map((i) =>
-    range(CV).map((u) => `var o${i}_${u} = vec4<f32>(0.0);`).join(" ")
-  );
-  // Phase 1.
-  const kr = range(KPL).map((j) => `let kr${j} = (kb + min(kl + ${j}u, p.tk - 1u)) * D4;`);
-  const sInit = range(bq).map((i) => range(KPL).map((j) => `var s${i}_${j} = 0.0;`).join(" "));
-  const p1: string[] = range(KPL).map((j) => `let k${j} = K[kr${j} + c];`);
-  for (const i of range(bq)) {
-    p1.push(`let q${i} = Q[qr${i} + c];`);
-    for (const j of range(KPL)) {
-      for (const x of "xyzw") p1.push(`s${i}_${j} = fma(q${i}.${x}, k${j}.${x}, s${i}_${j});`);
+  const pre: string[] = [];
+  for (const r of range(R)) {
+    pre.push(`let qi${r} = q0 + ${r * W}u + li;`);
+    pre.push(`let qr${r} = (qb + min(qi${r}, p.tq - 1u)) * D4;`);
+    pre.push(`var lim${r} = p.tk; if (p.causal != 0u) { lim${r} = min(p.tk, qi${r} + 1u); }`);
+    pre.push(`var m${r} = NEG; var l${r} = 0.0;`);
+    for (const c of range(d4)) {
+      pre.push(`let q${r}_${c} = Q[qr${r} + ${c}u] * p.scale; var o${r}_${c} = vec4<f32>(0.0);`);
     }
   }
-  const sStore = range(bq).flatMap((i) =>
-    range(KPL / 4).map((h) =>
-      `S[${i}u * BK4 + li * ${KPL / 4}u + ${h}u] = select(vec4<f32>(NEG), vec4<f32>(${
-        range(4).map((j) => `s${i}_${4 * h + j}`).join(", ")
-      }) * p.scale, kv + vec4<u32>(${4 * h}u) < vec4<u32>(select(p.tk, min(p.tk, q0 + ${
-        i + 1
-      }u), p.causal != 0u)));`
-    )
-  );
-  // Phase 2.
-  const p2 = range(RPL).map((r) =>
-    `{
-      let row = li * ${RPL}u + ${r}u;
-      var mx = m${r};
-      for (var c = 0u; c < BK4; c++) {
-        let x = S[row * BK4 + c];
-        mx = max(mx, max(max(x.x, x.y), max(x.z, x.w)));
-      }
-      let al = exp(m${r} - mx);
-      var sum = vec4<f32>(0.0);
-      for (var c = 0u; c < BK4; c++) {
-        let e = exp(S[row * BK4 + c] - vec4<f32>(mx));
-        S[row * BK4 + c] = e;
-        sum += e;
-      }
-      l${r} = l${r} * al + (sum.x + sum.y + sum.z + sum.w);
-      m${r} = mx;
-      A[row] = al;
-    }`
-  );
-  // Phase 3.
-  const rescale = range(bq).map((i) =>
-    `{ let a = A[${i}u]; ${range(CV).map((u) => `o${i}_${u} *= a;`).join(" ")} }`
-  );
-  const p3: string[] = [];
-  for (const t of range(4)) {
-    p3.push(`let vr${t} = (kb + min(k0 + j4 * 4u + ${t}u, p.tk - 1u)) * D4;`);
-    for (const u of range(CV)) p3.push(`let v${t}_${u} = V[vr${t} + col${u}];`);
-  }
-  for (const i of range(bq)) {
-    p3.push(`let p${i} = S[${i}u * BK4 + j4];`);
-    for (const u of range(CV)) {
-      for (const [t, x] of [..."xyzw"].entries()) {
-        p3.push(`o${i}_${u} = fma(vec4<f32>(p${i}.${x}), v${t}_${u}, o${i}_${u});`);
-      }
+  const blk: string[] = [];
+  for (const j of range(KB)) blk.push(`let kr${j} = (kb + min(k0 + ${j}u, p.tk - 1u)) * D4;`);
+  // S = Q K^T for the block.
+  for (const j of range(KB)) {
+    for (const r of range(R)) blk.push(`var a${r}_${j} = vec4<f32>(0.0);`);
+    for (const c of range(d4)) {
+      blk.push(`{ let k = K[kr${j} + ${c}u];`);
+      for (const r of range(R)) blk.push(`  a${r}_${j} = fma(q${r}_${c}, k, a${r}_${j});`);
+      blk.push(`}`);
     }
   }
-  const store = range(bq).map((i) =>
-    `if (q0 + ${i}u < p.tq) {
-    let inv = A[${i}u];
-    ${
-      range(CV).map((u) =>
-        `if (li + ${LANES * u}u < D4) { O[qr${i} + li + ${LANES * u}u] = o${i}_${u} * inv; }`
-      )
-        .join("\n    ")
+  // Online softmax per row, in registers.
+  for (const r of range(R)) {
+    for (const j of range(KB)) {
+      blk.push(`let v${r}_${j} = k0 + ${j}u < lim${r};`);
+      blk.push(
+        `let s${r}_${j} = select(NEG, a${r}_${j}.x + a${r}_${j}.y + a${r}_${j}.z + a${r}_${j}.w, v${r}_${j});`,
+      );
     }
-  }`
-  );
-  const fin = range(RPL).map((r) =>
-    `{
-    let row = li * ${RPL}u + ${r}u;
-    A[row] = 1.0 / l${r};
-    if (q0 + row < p.tq) { LSE[qb + q0 + row] = m${r} + log(l${r}); }
-  }`
-  );
-  L.push(...qr, ...cols, ...state, ...oacc);
+    blk.push(`let mx${r} = ${range(KB).reduce((e, j) => `max(${e}, s${r}_${j})`, `m${r}`)};`);
+    blk.push(`let al${r} = exp(m${r} - mx${r});`);
+    for (const j of range(KB)) {
+      blk.push(`let p${r}_${j} = select(0.0, exp(s${r}_${j} - mx${r}), v${r}_${j});`);
+    }
+    blk.push(`l${r} = l${r} * al${r} + ${range(KB).map((j) => `p${r}_${j}`).join(" + ")};`);
+    blk.push(`m${r} = mx${r};`);
+    for (const c of range(d4)) blk.push(`o${r}_${c} *= al${r};`);
+  }
+  // O += P V.
+  for (const j of range(KB)) {
+    for (const c of range(d4)) {
+      blk.push(`{ let v = V[kr${j} + ${c}u];`);
+      for (const r of range(R)) {
+        blk.push(`  o${r}_${c} = fma(vec4<f32>(p${r}_${j}), v, o${r}_${c});`);
+      }
+      blk.push(`}`);
+    }
+  }
+  const fin: string[] = [];
+  for (const r of range(R)) {
+    fin.push(`if (qi${r} < p.tq) {`);
+    fin.push(`  let inv = 1.0 / l${r};`);
+    for (const c of range(d4)) fin.push(`  O[qr${r} + ${c}u] = o${r}_${c} * inv;`);
+    fin.push(`  LSE[qb + qi${r}] = m${r} + log(l${r});`);
+    fin.push(`}`);
+  }
   return /* wgsl */ `${header(d4)}
-const BQ = ${bq}u;
-const BK = ${BK}u;
-const BK4 = ${BK4}u;
+const BQ = ${W * R}u;
 ${binding(1, "Q", "vec4<f32>")}
 ${binding(2, "K", "vec4<f32>")}
 ${binding(3, "V", "vec4<f32>")}
 ${binding(4, "O", "vec4<f32>", true)}
 ${binding(5, "LSE", "f32", true)}
-var<workgroup> S: array<vec4<f32>, ${bq * BK4}>;
-var<workgroup> A: array<f32, ${bq}>;
-@compute @workgroup_size(${LANES})
+@compute @workgroup_size(${W})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
   let flat = ${FLAT_WG};
-  if (flat >= p.bh * p.ntile) { return; } // whole workgroup: barriers stay uniform
+  if (flat >= p.bh * p.ntile) { return; }
   let bh = flat / p.ntile;
   let q0 = (flat % p.ntile) * BQ;
   let qb = bh * p.tq;
   let kb = bh * p.tk;
-  ${L.join("\n  ")}
+  ${pre.join("\n  ")}
   var kEnd = p.tk;
-  if (p.causal != 0u) { kEnd = min(p.tk, q0 + BQ); } // later keys are masked for every row here
-  for (var k0 = 0u; k0 < kEnd; k0 += BK) {
-    let kl = k0 + li * ${KPL}u;
-    ${kr.join("\n    ")}
-    ${sInit.join("\n    ")}
-    for (var c = 0u; c < D4; c++) {
-      ${p1.join("\n      ")}
-    }
-    // Key kv.x .. kv.w of this lane is valid for query q0 + i when below that row's limit.
-    let kv = vec4<u32>(kl) + vec4<u32>(0u, 1u, 2u, 3u);
-    ${sStore.join("\n    ")}
-    workgroupBarrier();
-    ${p2.join("\n    ")}
-    workgroupBarrier();
-    ${rescale.join("\n    ")}
-    for (var j4 = 0u; j4 < BK4; j4++) {
-      ${p3.join("\n      ")}
-    }
-    workgroupBarrier(); // S and A are rewritten by the next block
+  if (p.causal != 0u) { kEnd = min(p.tk, q0 + BQ); }
+  for (var k0 = 0u; k0 < kEnd; k0 += ${KB}u) {
+    ${blk.join("\n    ")}
   }
   ${fin.join("\n  ")}
-  workgroupBarrier();
-  ${store.join("\n  ")}
 }`;
 }
 
@@ -572,10 +517,10 @@ export function attentionForwardKernel(
   const d4 = Math.ceil(d.d / 4);
   const vec = d.d % 4 === 0;
   if (blockedForward(d.d)) {
-    const ntile = Math.ceil(d.tq / BLOCK_Q);
+    const ntile = Math.ceil(d.tq / (RW_LANES * RW_QPL));
     dispatch(
-      `attention_fwd_blocked_d${d.d}`,
-      blockedForwardCode(d4, BLOCK_Q),
+      `attention_fwd_rows_d${d.d}`,
+      rowsForwardCode(d4),
       [q, k, v, o, lse],
       params(d, ntile),
       grid(d.bh * ntile),

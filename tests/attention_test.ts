@@ -148,7 +148,7 @@ for (const [n, c] of CASES.entries()) {
     const x = inputs(c, 100 + 10 * n);
     const ref = attentionRef(x.q, x.k, x.v, x.g, c);
     // Every tile path: workgroup-memory tiles (what GPUs use), direct reads, and the
-    // register-blocked forward (CPU adapters, D % 4 == 0; other D fall back to direct).
+    // lanes-along-queries forward (CPU adapters, D % 4 == 0; other D fall back to direct).
     // On a CPU adapter the shared path is only checked for D = 7 and 16 (scalar and vec4 rows):
     // Mesa's GL compiler takes seconds to a minute (cold cache) per shared-tile kernel.
     const both = sharedTiles() || c.D === 7 || c.D === 16;
