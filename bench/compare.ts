@@ -502,7 +502,7 @@ function gpuTuneSection(): string[] {
     "products with one wait each, so products under ~5 ms carry part of Deno's ~10 ms wait: " +
     "compare tiles within a row, not small shapes with large ones.",
     "",
-    "| shape | tile chosen by kernels/tune.ts | GFLOP/s | best tile in the sweep | GFLOP/s |",
+    "| shape | tile kernels/tune.ts chose when the sweep ran | GFLOP/s | best tile in the sweep | GFLOP/s |",
     "| --- | --- | ---: | --- | ---: |",
   ];
   for (const shape of [...new Set(data.results.map((r) => r.shape))]) {
