@@ -497,17 +497,20 @@ function variantCode(v: Variant): string {
 }
 
 /**
- * The adapter's tile for `d` (kernels/tune.ts), with one correction that needs the strides: when
+ * The adapter's tile for `d` (kernels/tune.ts), with corrections that need the strides: when
  * A cannot be read as vec4s, every A value is a separate per-lane load on CPU adapters, so tall
  * register blocks stop paying (llvmpipe, attention's p v with K = 197: 32 rows 80 ms, 16 rows
- * 57 ms).
+ * 57 ms); and big blocks over a row-major B unroll k further.
  */
 export function defaultTile(d: MatmulDims): MatmulTile {
   const t = matmulTile(d);
-  if ((t.kind ?? "register") === "register" && t.TM > 16) {
-    const a = matmulModes(d, t).a;
-    if (a === "sk" || a === "sm") return { ...t, TM: 16 };
-  }
+  if ((t.kind ?? "register") !== "register" || t.TM <= 16) return t;
+  const { a, b } = matmulModes(d, t);
+  if (a === "sk" || a === "sm") return { ...t, TM: 16 };
+  // B read as vec4 rows (A B with B row-major): unrolling k by 8 halves the accumulator
+  // reloads and pays there (1024^3 on llvmpipe: 112 -> 100 ms of CPU; A B^T: 99 -> 98 ms), at
+  // the price of a ~14 s compile, so only for the big blocks.
+  if (b === "vn" && t.TM * t.TN >= 1024) return { ...t, KU: 2 };
   return t;
 }
 
