@@ -7,9 +7,8 @@
  * wait. Inputs are uploaded once. `MATMUL_BENCH_N` sets iterations per case (default 5).
  */
 import { init } from "../kernels/device.ts";
-import { type MatmulDims, matmulKernel, type MatmulTile } from "../kernels/matmul.ts";
+import { defaultTile, type MatmulDims, matmulKernel, type MatmulTile } from "../kernels/matmul.ts";
 import { type Buf, pool, sync, upload } from "../kernels/runtime.ts";
-import { matmulTile } from "../kernels/tune.ts";
 
 const gpu = await init();
 const N_ITER = Number(Deno.env.get("MATMUL_BENCH_N") ?? 5);
@@ -91,7 +90,7 @@ cases.push({
   d: dims(96, 197, 64, 197, false, false),
 });
 // The other kernel family at 512^3, to show why tune.ts picks what it picks.
-const chosen = matmulTile({ batch: 1, M: 512, N: 512, K: 512 });
+const chosen = defaultTile(dims(1, 512, 512, 512, false, false));
 const other: MatmulTile = chosen.kind === "shared"
   ? { TM: 16, TN: 8, WX: 8, WY: 1 }
   : { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16 };
