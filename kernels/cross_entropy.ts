@@ -10,7 +10,7 @@
  * GPU), so the kernels never index with them: such a row's loss and gradient are NaN.
  */
 import { type Buf, dispatch } from "./runtime.ts";
-import { Params } from "./wgsl.ts";
+import { codeCache, Params } from "./wgsl.ts";
 import {
   cacheUnits,
   eachUnit,
@@ -29,7 +29,7 @@ import {
 /** Bit pattern of a quiet NaN, passed as a uniform (a NaN constant is a WGSL compile error). */
 const NAN_BITS = 0x7fc00000;
 
-const codes = new Map<string, string>();
+const cached = codeCache();
 
 function forwardCode(plan: RowPlan): string {
   const pick = plan.vec ? "x[base + lab / 4u][lab % 4u]" : "x[base + lab]";
@@ -116,8 +116,7 @@ export function crossEntropyForward(
   if (rows === 0 || classes === 0) return;
   const plan = rowPlan(classes, rows, opts);
   const name = `cross_entropy_${planKey(plan)}`;
-  let code = codes.get(name);
-  if (code === undefined) codes.set(name, code = forwardCode(plan));
+  const code = cached(name, () => forwardCode(plan));
   const params = new Params().u32(rows, plan.units, classes).f32(smooth).u32(NAN_BITS).build();
   dispatch(name, code, [logits, labels, loss, lse], params, rowGrid(plan, rows));
 }
@@ -144,8 +143,7 @@ export function crossEntropyBackward(
   // One pass over the row: nothing to keep in registers.
   const plan = rowPlan(classes, rows, { ...opts, maxFloats: 0 });
   const name = `cross_entropy_grad_${planKey(plan)}`;
-  let code = codes.get(name);
-  if (code === undefined) codes.set(name, code = backwardCode(plan));
+  const code = cached(name, () => backwardCode(plan));
   const params = new Params().u32(rows, plan.units, classes).f32(smooth, gScale)
     .u32(gStride, NAN_BITS).build();
   dispatch(name, code, [logits, labels, lse, g, dx], params, rowGrid(plan, rows));

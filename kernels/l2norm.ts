@@ -6,7 +6,7 @@
  *   otherwise:    dx = g / eps            (y = x / eps is linear in x there)
  */
 import { type Buf, dispatch } from "./runtime.ts";
-import { Params } from "./wgsl.ts";
+import { codeCache, Params } from "./wgsl.ts";
 import {
   cacheUnits,
   eachUnit,
@@ -20,13 +20,7 @@ import {
   treeReduce,
 } from "./softmax.ts";
 
-const codes = new Map<string, string>();
-
-function cached(key: string, make: () => string): string {
-  let c = codes.get(key);
-  if (c === undefined) codes.set(key, c = make());
-  return c;
-}
+const cached = codeCache();
 
 function forwardCode(plan: RowPlan): string {
   return /* wgsl */ `

@@ -11,7 +11,7 @@
  *   and g), then workgroups of the same shape add the chunks. Deterministic (no atomics).
  */
 import { type Buf, dispatch, pool } from "./runtime.ts";
-import { Params } from "./wgsl.ts";
+import { codeCache, Params } from "./wgsl.ts";
 import { gpu } from "./device.ts";
 import { isCpuAdapter } from "./tune.ts";
 import {
@@ -27,13 +27,7 @@ import {
   treeReduce,
 } from "./softmax.ts";
 
-const codes = new Map<string, string>();
-
-function cached(key: string, make: () => string): string {
-  let c = codes.get(key);
-  if (c === undefined) codes.set(key, c = make());
-  return c;
-}
+const cached = codeCache();
 
 function forwardCode(plan: RowPlan, hasW: boolean, hasB: boolean): string {
   let bind = 2;

@@ -18,7 +18,7 @@
 import { type Buf, dispatch, grid } from "./runtime.ts";
 import { gpu } from "./device.ts";
 import { isCpuAdapter } from "./tune.ts";
-import { FLAT_WG, Params } from "./wgsl.ts";
+import { codeCache, FLAT_WG, Params } from "./wgsl.ts";
 
 /** How a row kernel covers rows of `n` floats. */
 export interface RowPlan {
@@ -237,13 +237,7 @@ export function lseReduceDecl(plan: RowPlan): string {
 
 // ---- softmax --------------------------------------------------------------------------------
 
-const codes = new Map<string, string>();
-
-function cached(key: string, make: () => string): string {
-  let c = codes.get(key);
-  if (c === undefined) codes.set(key, c = make());
-  return c;
-}
+const cached = codeCache();
 
 function forwardCode(plan: RowPlan, log: boolean): string {
   const write = log
