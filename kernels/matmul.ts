@@ -39,9 +39,6 @@ export interface MatmulDims {
   sbn: number;
 }
 
-/** A block shape that works on any adapter; `kernels/tune.ts` chooses per adapter and shape. */
-export const DEFAULT_TILE: MatmulTile = { TM: 4, TN: 4, WX: 8, WY: 8 };
-
 /** Activations the epilogue can apply (same formulas as the elementwise ops). */
 export type MatmulActivation =
   | "none"

@@ -82,10 +82,6 @@ export class Params {
 /** Maximum tensor rank the broadcasting kernels index (shapes are padded to it). */
 export const MAX_RANK = 8;
 
-/** WGSL to read element `i` of a `array<vec4<u32>, 2>` holding up to 8 u32. */
-export const AT8 = /* wgsl */ `
-fn at8(a: array<vec4<u32>, 2>, i: u32) -> u32 { return a[i / 4u][i % 4u]; }`;
-
 /**
  * A memo for generated WGSL: `cached(key, make)` builds each kernel variant's source once, so
  * the pipeline cache (keyed by source) is hit without regenerating the string on every launch.
