@@ -68,6 +68,13 @@ export {
   VisionTransformer,
 } from "./clip/vision.ts";
 export { TextTransformer } from "./clip/text.ts";
+export {
+  ClipImageBackbone,
+  ClipTextEncoder,
+  type ImageBackbone,
+  type TextEncoder,
+  type TextTokenizer,
+} from "./clip/backbone.ts";
 export { loadClip, type LoadClipOptions, saveClip } from "./clip/load.ts";
 export {
   type LoadedTensor,

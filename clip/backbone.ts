@@ -1,0 +1,133 @@
+/**
+ * The two interfaces CLIP-IT trains through, and their CLIP implementations.
+ *
+ * - {@link ImageBackbone}: the image model `f_v` (a CLIP image tower here; timm ViTs such as UNI
+ *   and DINOv2, and CONCH's trunk, implement the same interface). Stage 1 freezes it; stage 2
+ *   adapts it with LoRA; inference runs only it (LoRA merged) and the small heads.
+ * - {@link TextEncoder}: the text model `f_t` whose embedding of the paired report the image
+ *   model is distilled towards (CLIP's text tower, CONCH's), with its {@link TextTokenizer}.
+ *
+ * Both are {@link LoraHost}s: they list the weights a LoRA adapter may go on, named like the
+ * checkpoint's modules, so one `applyLora` serves every model.
+ */
+import { Module } from "../nn/module.ts";
+import type { Tensor } from "../nn/tensor.ts";
+import type { LoraHost, LoraSite } from "./lora.ts";
+import type { ClipModel } from "./model.ts";
+
+/** An image feature extractor that CLIP-IT trains with LoRA. */
+export interface ImageBackbone extends LoraHost {
+  /** A label for messages and run configs (e.g. "ViT-B-16 (CLIP visual)", "UNI"). */
+  readonly name: string;
+  /** Size D of the features {@link features} returns. */
+  readonly featureDim: number;
+  /** Side S of the square input image in pixels. */
+  readonly imageSize: number;
+  /** Normalisation mean (R, G, B) of the input, after scaling pixels to [0, 1]. */
+  readonly mean: readonly number[];
+  /** Normalisation standard deviation (R, G, B). */
+  readonly std: readonly number[];
+  /** How images are resized to S before the centre crop. */
+  readonly interpolation: "bicubic" | "bilinear";
+  /** Normalised images [B, 3, S, S] -> features [B, D] (not normalised). */
+  features(images: Tensor): Tensor;
+}
+
+/** A text encoder whose embeddings CLIP-IT distils the image model towards. */
+export interface TextEncoder extends LoraHost {
+  /** A label for messages and run configs. */
+  readonly name: string;
+  /** Size d of the embeddings {@link encode} returns. */
+  readonly embedDim: number;
+  /** Tokens per text (start and end tokens included); longer texts are truncated. */
+  readonly contextLength: number;
+  /**
+   * Token ids, row-major [M, contextLength] on the CPU (from a {@link TextTokenizer}) ->
+   * embeddings [M, d] (not normalised).
+   */
+  encode(ids: Int32Array): Tensor;
+}
+
+/** Turns texts into the ids a {@link TextEncoder} reads. */
+export interface TextTokenizer {
+  /** Number of distinct ids (every id is below it). */
+  readonly vocabSize: number;
+  /** Row-major [texts.length, contextLength] ids, each row truncated like the reference. */
+  tokenize(texts: string[], contextLength: number): Int32Array;
+}
+
+/** A CLIP model's image tower as an {@link ImageBackbone}: features = `encode_image`. */
+export class ClipImageBackbone extends Module implements ImageBackbone {
+  /** A label naming the CLIP configuration. */
+  readonly name: string;
+  /** The embedding size of the CLIP model. */
+  readonly featureDim: number;
+  /** The CLIP model's image size. */
+  readonly imageSize: number;
+  /** The CLIP model's normalisation mean. */
+  readonly mean: readonly number[];
+  /** The CLIP model's normalisation std. */
+  readonly std: readonly number[];
+  /** CLIP resizes with bicubic interpolation. */
+  readonly interpolation = "bicubic" as const;
+  /** The CLIP model whose tower this is (parameters `visual.*` come from it). */
+  readonly _clip: ClipModel;
+  /** The image tower, parameters `visual.*`. */
+  visual: ClipModel["visual"];
+
+  /** Wrap `clip`'s image tower (shared, not copied). */
+  constructor(clip: ClipModel) {
+    super();
+    this._clip = clip;
+    this.visual = clip.visual;
+    this.name = `${clip.config.name} (CLIP image tower)`;
+    this.featureDim = clip.config.embedDim;
+    this.imageSize = clip.config.vision.imageSize;
+    this.mean = clip.config.mean;
+    this.std = clip.config.std;
+  }
+
+  /** Normalised images [B, 3, S, S] -> CLIP image features [B, embedDim]. */
+  features(images: Tensor): Tensor {
+    return this._clip.encodeImage(images);
+  }
+
+  /** The image tower's LoRA sites, named `visual.*`. */
+  loraSites(): LoraSite[] {
+    return this.visual.loraSites("visual");
+  }
+}
+
+/** A CLIP model's text tower as a {@link TextEncoder}: embeddings = `encode_text`. */
+export class ClipTextEncoder extends Module implements TextEncoder {
+  /** A label naming the CLIP configuration. */
+  readonly name: string;
+  /** The embedding size of the CLIP model. */
+  readonly embedDim: number;
+  /** The CLIP model's context length. */
+  readonly contextLength: number;
+  /** The CLIP model whose tower this is. */
+  readonly _clip: ClipModel;
+  /** The text tower, parameters `text.*`. */
+  text: ClipModel["text"];
+
+  /** Wrap `clip`'s text tower (shared, not copied). */
+  constructor(clip: ClipModel) {
+    super();
+    this._clip = clip;
+    this.text = clip.text;
+    this.name = `${clip.config.name} (CLIP text tower)`;
+    this.embedDim = clip.config.embedDim;
+    this.contextLength = clip.config.text.contextLength;
+  }
+
+  /** ids [M, contextLength] (CPU) -> CLIP text features [M, embedDim]. */
+  encode(ids: Int32Array): Tensor {
+    return this._clip.encodeText(ids);
+  }
+
+  /** The text tower's LoRA sites, named `text.*`. */
+  loraSites(): LoraSite[] {
+    return this.text.loraSites("text");
+  }
+}
