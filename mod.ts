@@ -46,7 +46,7 @@ export * from "./nn/module.ts";
 export * from "./nn/layers.ts";
 export * from "./nn/optim.ts";
 export * from "./nn/checkpoint.ts";
-export * from "./nn/safetensors.ts";
+export * from "./nn/formats/safetensors.ts";
 export { cosineTopK, type CosineTopKOptions, type TopK } from "./nn/retrieval.ts";
 
 // ---- clip: tokenizer, towers, checkpoints, preprocessing, LoRA --------------------------------
@@ -74,7 +74,7 @@ export {
   loadTorchCheckpoint,
   type TorchCheckpointOptions,
   type TorchDtype,
-} from "./clip/torch_pickle.ts";
+} from "./nn/formats/torch.ts";
 export {
   applyLora,
   loadLora,
@@ -86,7 +86,6 @@ export {
   mergeLora,
   saveLora,
 } from "./clip/lora.ts";
-export type { DecodedImage } from "./clip/image.ts";
 export {
   centerCrop,
   IMAGENET_MEAN,
@@ -100,7 +99,7 @@ export {
 } from "./clip/preprocess.ts";
 
 // ---- train: decoding, datasets, loaders --------------------------------------------------------
-export { decodeImage, ImageDecodeError, readImage } from "./train/decode.ts";
+export { type DecodedImage, decodeImage, ImageDecodeError, readImage } from "./nn/formats/image.ts";
 export {
   type Dataset,
   DATASET_KINDS,

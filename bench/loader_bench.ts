@@ -22,7 +22,7 @@ import type { Split } from "../train/datasets.ts";
 import { DataLoader } from "../train/loader.ts";
 import { defaultWorkers } from "../train/pool.ts";
 import { type PipelineConfig, prepareImage, SampleReader } from "../train/sample.ts";
-import { H5File } from "../train/hdf5.ts";
+import { H5File } from "../nn/formats/hdf5.ts";
 import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "../clip/preprocess.ts";
 
 const BATCH = 64;

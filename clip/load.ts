@@ -18,7 +18,7 @@
  * both names and both shapes.
  */
 import { upload } from "../kernels/runtime.ts";
-import { SafetensorsFile, writeSafetensors } from "../nn/safetensors.ts";
+import { SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
 import type { Tensor } from "../nn/tensor.ts";
 import {
   type ClipConfig,
@@ -29,7 +29,7 @@ import {
 } from "./config.ts";
 import { loraStateDict } from "./lora.ts";
 import { ClipModel, type ClipModelOptions } from "./model.ts";
-import { TorchCheckpoint, type TorchTensorRef } from "./torch_pickle.ts";
+import { TorchCheckpoint, type TorchTensorRef } from "../nn/formats/torch.ts";
 
 // ---- reading tensors -------------------------------------------------------------------------
 

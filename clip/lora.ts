@@ -21,7 +21,7 @@ import { transpose } from "../nn/ops/shape.ts";
 import { rand, Rng, type Tensor, zeros } from "../nn/tensor.ts";
 import { mapKernel } from "../kernels/elementwise.ts";
 import { upload } from "../kernels/runtime.ts";
-import { SafetensorsFile, writeSafetensors } from "../nn/safetensors.ts";
+import { SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
 
 /**
  * A weight that can carry a LoRA adapter.

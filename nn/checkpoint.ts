@@ -4,7 +4,11 @@
  */
 import { upload } from "../kernels/runtime.ts";
 import { checkStateShapes, type LoadResult, type Module } from "./module.ts";
-import { SafetensorsFile, type SafetensorsTensor, writeSafetensors } from "./safetensors.ts";
+import {
+  SafetensorsFile,
+  type SafetensorsTensor,
+  writeSafetensors,
+} from "./formats/safetensors.ts";
 
 /**
  * Write every parameter and buffer of `module` to `path` (atomically: a crash leaves any old file

@@ -13,7 +13,7 @@ import {
   SafetensorsFile,
   type SafetensorsTensor,
   writeSafetensors,
-} from "../nn/safetensors.ts";
+} from "../nn/formats/safetensors.ts";
 import { f32Bits, fixturePath, readCkptExpected, withTempDir } from "./fixture_util.ts";
 
 const expected = readCkptExpected();

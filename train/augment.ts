@@ -6,7 +6,7 @@
  * as torchvision does on PIL images). All randomness comes from one seed per sample, so the same
  * (seed, epoch, index) always gives the same augmentation, whichever worker runs it.
  */
-import type { DecodedImage } from "../clip/image.ts";
+import type { DecodedImage } from "../nn/formats/image.ts";
 import { SplitRng } from "./split.ts";
 
 /** What augmentation does; colour strengths follow torchvision's ColorJitter arguments. */

@@ -16,7 +16,7 @@ import {
 import { DecodePool, defaultWorkers } from "./pool.ts";
 import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "../clip/preprocess.ts";
 import type { BadImage } from "./loader.ts";
-import { H5Error } from "./hdf5.ts";
+import { H5Error } from "../nn/formats/hdf5.ts";
 
 const USAGE = `usage: cli.ts data --dataset KIND --root DIR [options]
 

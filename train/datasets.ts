@@ -15,7 +15,7 @@
  * - `csv`: a manifest `path,label[,split]` (paths relative to the manifest).
  */
 import { basename, dirname, extname, join, resolve } from "node:path";
-import { H5Error, H5File } from "./hdf5.ts";
+import { H5Error, H5File } from "../nn/formats/hdf5.ts";
 import { stratifiedSplit } from "./split.ts";
 
 /** The dataset kinds {@link openDataset} understands. */

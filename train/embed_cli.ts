@@ -15,14 +15,14 @@ import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
 import { init } from "../kernels/device.ts";
 import { noGrad } from "../nn/autograd.ts";
-import { writeSafetensors } from "../nn/safetensors.ts";
+import { writeSafetensors } from "../nn/formats/safetensors.ts";
 import { tensor, tidy } from "../nn/tensor.ts";
 import { type ClipConfig, resolveArch } from "../clip/config.ts";
 import { checkpointConfig, loadClipCheckpoint } from "../clip/load.ts";
 import { ClipModel } from "../clip/model.ts";
 import { preprocessImage } from "../clip/preprocess.ts";
 import { ClipTokenizer } from "../clip/tokenizer.ts";
-import { readImage } from "./decode.ts";
+import { readImage } from "../nn/formats/image.ts";
 
 const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out OUT.safetensors
                          [--images DIR] [--texts FILE] [options]
