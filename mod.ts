@@ -111,7 +111,7 @@ export {
   type Split,
   SPLIT_NAMES,
   type SplitName,
-} from "./train/datasets.ts";
+} from "./train/data/datasets.ts";
 export {
   type BadImage,
   type Batch,
@@ -119,5 +119,5 @@ export {
   DataLoader,
   type LoaderOptions,
   type OnBadImage,
-} from "./train/loader.ts";
-export type { AugmentOptions } from "./train/augment.ts";
+} from "./train/data/loader.ts";
+export type { AugmentOptions } from "./train/data/augment.ts";

@@ -29,7 +29,7 @@ import { ClipModel } from "../clip/model.ts";
 import { preprocessImage } from "../clip/preprocess.ts";
 import { ClipTokenizer } from "../clip/tokenizer.ts";
 import { readImage } from "../nn/formats/image.ts";
-import { embedCommand } from "../train/embed_cli.ts";
+import { embedCommand } from "../cli/embed.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 import { assertClose, gpuTest } from "./util.ts";
 

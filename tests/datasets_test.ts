@@ -27,10 +27,10 @@ import {
   parseCsv,
   pcamFileName,
   type Split,
-} from "../train/datasets.ts";
-import { permutation, stratifiedSplit } from "../train/split.ts";
-import { SampleReader } from "../train/sample.ts";
-import { DecodePool } from "../train/pool.ts";
+} from "../train/data/datasets.ts";
+import { permutation, stratifiedSplit } from "../train/data/split.ts";
+import { SampleReader } from "../train/data/sample.ts";
+import { DecodePool } from "../train/data/pool.ts";
 import { ImageDecodeError } from "../nn/formats/image.ts";
 
 const PCAM = join(FIXTURES_DIR, "pcam");
