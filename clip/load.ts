@@ -17,7 +17,7 @@
  * Every name and shape is checked before anything is written; the first mismatch throws with
  * both names and both shapes.
  */
-import { upload } from "../kernels/runtime.ts";
+import { writeTensor } from "../nn/ops/inplace.ts";
 import { SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
 import type { Tensor } from "../nn/tensor.ts";
 import {
@@ -390,8 +390,8 @@ export async function loadClipCheckpoint(
           const [r, c] = src.shapes.get(key)!;
           data = transpose2d(data, r, c);
         }
-        if (data.length > 0) upload(target.buf, data, offset);
-        offset += data.byteLength;
+        writeTensor(target, data, offset);
+        offset += data.length;
       }
     }
     return { path: src.path, format: src.format, layout, tensors: steps.length, unused };
