@@ -85,7 +85,7 @@ export {
   type LoraSite,
   mergeLora,
   saveLora,
-} from "./clip/lora.ts";
+} from "./nn/lora.ts";
 export {
   centerCrop,
   IMAGENET_MEAN,

@@ -27,7 +27,7 @@ import {
   parseConfig,
   resolveArch,
 } from "./config.ts";
-import { loraStateDict } from "./lora.ts";
+import { loraStateDict } from "../nn/lora.ts";
 import { ClipModel, type ClipModelOptions } from "./model.ts";
 import { TorchCheckpoint, type TorchTensorRef } from "../nn/formats/torch.ts";
 

@@ -23,7 +23,7 @@ import { reshape, slice } from "../nn/ops/shape.ts";
 import { noGrad } from "../nn/autograd.ts";
 import { randn, Rng, type Tensor, tensor } from "../nn/tensor.ts";
 import type { ClipActivation, TextConfig } from "./config.ts";
-import type { LoraSite } from "./lora.ts";
+import type { LoraSite } from "../nn/lora.ts";
 import { type TowerOptions, Transformer } from "./vision.ts";
 
 /** OpenCLIP's text transformer (see the module comment). */

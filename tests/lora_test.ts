@@ -21,7 +21,7 @@ import {
   loraStateDict,
   mergeLora,
   saveLora,
-} from "../clip/lora.ts";
+} from "../nn/lora.ts";
 import type { ClipModel } from "../clip/model.ts";
 import { assertClose, gpuTest } from "./util.ts";
 
