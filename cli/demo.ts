@@ -11,7 +11,7 @@
  */
 import { parseArgs } from "node:util";
 import { adapterInfo, init } from "../kernels/device.ts";
-import { poolStats } from "../kernels/runtime.ts";
+import { poolStats } from "../mod.ts";
 import { backward, noGrad } from "../nn/autograd.ts";
 import { Embedding, LayerNorm, Linear, TransformerBlock } from "../nn/layers.ts";
 import { Module } from "../nn/module.ts";
