@@ -1,5 +1,5 @@
 /**
- * Tests of nn/safetensors.ts: exact round trips, the Python-written fixture, f16/bf16
+ * Tests of nn/formats/safetensors.ts: exact round trips, the Python-written fixture, f16/bf16
  * conversions against PyTorch's own roundings, every header validation error, and the atomic
  * write. All comparisons are exact (bit-for-bit, tolerance 0) unless a check says otherwise.
  */

@@ -1,8 +1,9 @@
 /**
- * Tests of nn/formats/zip.ts, pickle.ts and torch.ts against files written by PyTorch 1.13 (Debian python3-torch,
- * see tests/fixtures/make_checkpoint_fixture.py): values must equal what PyTorch held
- * exactly (float32 bit patterns, integers as decimal strings; tolerance 0), for stored,
- * deflated and zip64 archives, plain, wrapped and nested dicts, and non-contiguous tensors.
+ * Tests of nn/formats/zip.ts, pickle.ts and torch.ts against files written by PyTorch 1.13
+ * (Debian python3-torch, see tests/fixtures/make_checkpoint_fixture.py): values must equal what
+ * PyTorch held exactly (float32 bit patterns, integers as decimal strings; tolerance 0), for
+ * stored, deflated and zip64 archives, plain, wrapped and nested dicts, and non-contiguous
+ * tensors.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
