@@ -6,12 +6,14 @@
  *   data    inspect a dataset folder: counts per split and class, image sizes, unreadable files
  *   embed   CLIP image/text embeddings of a folder of images and a file of texts
  *
- * Each command takes `--help`.
+ * Each command takes `--help`. Every command lives in its own file of cli/ (cli/progress.ts is
+ * the progress bar they share); argument parsing, usage text and printing happen only here and
+ * there, the library (mod.ts) takes typed options and returns values.
  */
-import { adapterInfo, init } from "./kernels/device.ts";
-import { demoCommand } from "./train/demo.ts";
-import { dataCommand } from "./train/data_cli.ts";
-import { embedCommand } from "./train/embed_cli.ts";
+import { dataCommand } from "./cli/data.ts";
+import { demoCommand } from "./cli/demo.ts";
+import { embedCommand } from "./cli/embed.ts";
+import { infoCommand } from "./cli/info.ts";
 
 const USAGE = `usage: deno run -A cli.ts <command> [options]
 
@@ -25,15 +27,9 @@ commands:
 Benchmarks: deno task bench (kernels), deno task bench:compare (against tfjs-webgpu and
 onnxruntime-web on the same adapter).`;
 
-async function info(): Promise<number> {
-  await init();
-  console.log(JSON.stringify(adapterInfo(), null, 2));
-  return 0;
-}
-
 const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   demo: demoCommand,
-  info,
+  info: infoCommand,
   data: dataCommand,
   embed: embedCommand,
 };

@@ -11,11 +11,32 @@
  * console.log(await loss.toArray(), await w.grad!.toArray());
  * ```
  *
- * Layers of the library, lowest first: kernels (device, buffer pool, WGSL) <- nn (tensors,
- * autograd, ops, modules, optimisers, safetensors) <- clip (tokenizer, towers, checkpoints,
- * preprocessing, LoRA) <- train (decoding, datasets, loaders).
+ * Layers of the library, lowest first; each imports only from the layers before it
+ * (tests/layering_test.ts enforces it):
+ * - formats (nn/formats/): file formats on the CPU, importing nothing else of the project:
+ *   safetensors, `torch.save` checkpoints (zip + pickle), HDF5, PNG/JPEG/TIFF decoding.
+ * - kernels: the WebGPU device, the buffer pool and the WGSL kernels. Only the device, the
+ *   adapter information and the runtime counters are exported here.
+ * - nn: tensors, autograd, ops (with in-place `copyInto` / `writeTensor`), modules and layers,
+ *   LoRA, optimisers, checkpoints, cosine top-k retrieval.
+ * - clip: tokenizer, configs, the image and text towers, checkpoint loading, preprocessing,
+ *   embedding loops.
+ * - train: datasets and the worker-pool data loader (train/data/).
+ *
+ * Above nn nothing writes WGSL or touches a GPU buffer, and this surface exports no raw WGSL
+ * mapping or kernel view. The command line (cli.ts, cli/) is a client of this surface.
  * @module
  */
+
+// ---- formats: file formats (CPU only) ---------------------------------------------------------
+export * from "./nn/formats/safetensors.ts";
+export {
+  type LoadedTensor,
+  loadTorchCheckpoint,
+  type TorchCheckpointOptions,
+  type TorchDtype,
+} from "./nn/formats/torch.ts";
+export { type DecodedImage, decodeImage, ImageDecodeError, readImage } from "./nn/formats/image.ts";
 
 // ---- kernels: the device and the runtime ----------------------------------------------------
 export {
@@ -46,10 +67,22 @@ export * from "./nn/module.ts";
 export * from "./nn/layers.ts";
 export * from "./nn/optim.ts";
 export * from "./nn/checkpoint.ts";
-export * from "./nn/safetensors.ts";
 export { cosineTopK, type CosineTopKOptions, type TopK } from "./nn/retrieval.ts";
+export {
+  applyLora,
+  loadLora,
+  loadLoraStateDict,
+  LoraAdapter,
+  loraAdapters,
+  type LoraHost,
+  type LoraOptions,
+  type LoraSite,
+  loraStateDict,
+  mergeLora,
+  saveLora,
+} from "./nn/lora.ts";
 
-// ---- clip: tokenizer, towers, checkpoints, preprocessing, LoRA --------------------------------
+// ---- clip: tokenizer, towers, checkpoints, preprocessing, embedding loops ----------------------
 export { ClipTokenizer, eotPositions } from "./clip/tokenizer.ts";
 export {
   BUILTIN_CONFIGS,
@@ -77,24 +110,6 @@ export {
 } from "./clip/backbone.ts";
 export { loadClip, type LoadClipOptions, saveClip } from "./clip/load.ts";
 export {
-  type LoadedTensor,
-  loadTorchCheckpoint,
-  type TorchCheckpointOptions,
-  type TorchDtype,
-} from "./clip/torch_pickle.ts";
-export {
-  applyLora,
-  loadLora,
-  LoraAdapter,
-  loraAdapters,
-  type LoraHost,
-  type LoraOptions,
-  type LoraSite,
-  mergeLora,
-  saveLora,
-} from "./clip/lora.ts";
-export type { DecodedImage } from "./clip/image.ts";
-export {
   centerCrop,
   IMAGENET_MEAN,
   IMAGENET_STD,
@@ -105,9 +120,16 @@ export {
   resizeShortSideBicubic,
   toNormalizedCHW,
 } from "./clip/preprocess.ts";
+export {
+  embedImageBatches,
+  type EmbedProgress,
+  embedTexts,
+  type EmbedTextsOptions,
+  type EmbedTokenizer,
+  type ImageBatch,
+} from "./clip/embed.ts";
 
-// ---- train: decoding, datasets, loaders --------------------------------------------------------
-export { decodeImage, ImageDecodeError, readImage } from "./train/decode.ts";
+// ---- train: datasets and loaders -------------------------------------------------------------
 export {
   type Dataset,
   DATASET_KINDS,
@@ -119,7 +141,7 @@ export {
   type Split,
   SPLIT_NAMES,
   type SplitName,
-} from "./train/datasets.ts";
+} from "./train/data/datasets.ts";
 export {
   type BadImage,
   type Batch,
@@ -127,5 +149,6 @@ export {
   DataLoader,
   type LoaderOptions,
   type OnBadImage,
-} from "./train/loader.ts";
-export type { AugmentOptions } from "./train/augment.ts";
+} from "./train/data/loader.ts";
+export type { AugmentOptions } from "./train/data/augment.ts";
+export { listImages, type ListImagesOptions } from "./train/data/files.ts";

@@ -7,7 +7,7 @@
  */
 import { join } from "node:path";
 import { preprocessImage } from "../clip/preprocess.ts";
-import { decodeImage } from "../train/decode.ts";
+import { decodeImage } from "../nn/formats/image.ts";
 import { hasSharedData, SHARED_DATA } from "../tests/data_util.ts";
 
 const TILE_DIR = join(SHARED_DATA, "crc-tiles");

@@ -18,11 +18,11 @@ import { join } from "node:path";
 import { init } from "../kernels/device.ts";
 import { tensor } from "../nn/tensor.ts";
 import { hasSharedData, SHARED_DATA } from "../tests/data_util.ts";
-import type { Split } from "../train/datasets.ts";
-import { DataLoader } from "../train/loader.ts";
-import { defaultWorkers } from "../train/pool.ts";
-import { type PipelineConfig, prepareImage, SampleReader } from "../train/sample.ts";
-import { H5File } from "../train/hdf5.ts";
+import type { Split } from "../train/data/datasets.ts";
+import { DataLoader } from "../train/data/loader.ts";
+import { defaultWorkers } from "../train/data/pool.ts";
+import { type PipelineConfig, prepareImage, SampleReader } from "../train/data/sample.ts";
+import { H5File } from "../nn/formats/hdf5.ts";
 import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "../clip/preprocess.ts";
 
 const BATCH = 64;

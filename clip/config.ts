@@ -389,12 +389,6 @@ export function validateConfig(c: ClipConfig): void {
   if (c.std.some((s) => s === 0)) throw new Error(`${c.name}: std must not contain 0`);
 }
 
-/** Number of image tokens (patches + the class token). */
-export function visionTokens(v: VisionConfig): number {
-  const g = v.imageSize / v.patchSize;
-  return g * g + 1;
-}
-
 /** The config as this project's own JSON form (what `parseConfig` reads back). */
 export function configToJson(c: ClipConfig): string {
   return JSON.stringify(c, null, 2);

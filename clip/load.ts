@@ -17,8 +17,8 @@
  * Every name and shape is checked before anything is written; the first mismatch throws with
  * both names and both shapes.
  */
-import { upload } from "../kernels/runtime.ts";
-import { SafetensorsFile, writeSafetensors } from "../nn/safetensors.ts";
+import { writeTensor } from "../nn/ops/inplace.ts";
+import { SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
 import type { Tensor } from "../nn/tensor.ts";
 import {
   type ClipConfig,
@@ -27,9 +27,9 @@ import {
   parseConfig,
   resolveArch,
 } from "./config.ts";
-import { loraStateDict } from "./lora.ts";
+import { loraStateDict } from "../nn/lora.ts";
 import { ClipModel, type ClipModelOptions } from "./model.ts";
-import { TorchCheckpoint, type TorchTensorRef } from "./torch_pickle.ts";
+import { TorchCheckpoint, type TorchTensorRef } from "../nn/formats/torch.ts";
 
 // ---- reading tensors -------------------------------------------------------------------------
 
@@ -390,8 +390,8 @@ export async function loadClipCheckpoint(
           const [r, c] = src.shapes.get(key)!;
           data = transpose2d(data, r, c);
         }
-        if (data.length > 0) upload(target.buf, data, offset);
-        offset += data.byteLength;
+        writeTensor(target, data, offset);
+        offset += data.length;
       }
     }
     return { path: src.path, format: src.format, layout, tensors: steps.length, unused };

@@ -17,7 +17,7 @@ import { mul } from "../nn/ops/elementwise.ts";
 import { Rng, type Tensor, tensor } from "../nn/tensor.ts";
 import { eotPositions } from "./tokenizer.ts";
 import { type ClipConfig, validateConfig } from "./config.ts";
-import type { LoraHost, LoraSite } from "./lora.ts";
+import type { LoraHost, LoraSite } from "../nn/lora.ts";
 import { TextTransformer } from "./text.ts";
 import { VisionTransformer } from "./vision.ts";
 

@@ -9,9 +9,7 @@
  * and quantised to 22 fractional bits, a horizontal pass then a vertical pass, each rounding and
  * clipping to uint8. Output sizes and crop offsets follow torchvision's rules.
  */
-import { assertRgbImage, type DecodedImage } from "./image.ts";
-
-export type { DecodedImage } from "./image.ts";
+import { assertRgbImage, type DecodedImage } from "../nn/formats/image.ts";
 
 /** OpenAI CLIP's normalisation mean (R, G, B), as in its `_transform`. */
 export const OPENAI_CLIP_MEAN: readonly [number, number, number] = [

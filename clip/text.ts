@@ -16,14 +16,14 @@
 import { Embedding, type LayerAdapter, LayerNorm } from "../nn/layers.ts";
 import { Module } from "../nn/module.ts";
 import { embedding } from "../nn/ops/embedding.ts";
-import { add, map } from "../nn/ops/elementwise.ts";
+import { add, scale } from "../nn/ops/elementwise.ts";
+import { copyInto } from "../nn/ops/inplace.ts";
 import { matmul } from "../nn/ops/matmul.ts";
 import { reshape, slice } from "../nn/ops/shape.ts";
 import { noGrad } from "../nn/autograd.ts";
 import { randn, Rng, type Tensor, tensor } from "../nn/tensor.ts";
-import { mapKernel } from "../kernels/elementwise.ts";
 import type { ClipActivation, TextConfig } from "./config.ts";
-import type { LoraSite } from "./lora.ts";
+import type { LoraSite } from "../nn/lora.ts";
 import { type TowerOptions, Transformer } from "./vision.ts";
 
 /** OpenCLIP's text transformer (see the module comment). */
@@ -64,9 +64,8 @@ export class TextTransformer extends Module {
     // OpenCLIP initialises the token table with N(0, 0.02^2); Embedding draws N(0, 1).
     noGrad(() => {
       const w = this.token_embedding.weight;
-      const flat = { strides: [1], offset: 0 };
-      const scaled = map("scale", "a * p.s", [w], 0.02);
-      mapKernel("copy", "a", [{ buf: scaled.buf, ...flat }], { buf: w.buf, ...flat }, [w.size]);
+      const scaled = scale(w, 0.02);
+      copyInto(w, scaled);
       scaled.dispose();
     });
     this.positional_embedding = this.param(

@@ -20,7 +20,7 @@ import { matmul } from "../nn/ops/matmul.ts";
 import { broadcastTo, concat, reshape, slice } from "../nn/ops/shape.ts";
 import { rand, randn, Rng, type Tensor, tidy } from "../nn/tensor.ts";
 import type { ClipActivation, VisionConfig } from "./config.ts";
-import type { LoraSite } from "./lora.ts";
+import type { LoraSite } from "../nn/lora.ts";
 
 /** The layer-library name of an activation. */
 function layerActivation(a: ClipActivation): "gelu" | "quickGelu" {

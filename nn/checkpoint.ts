@@ -2,9 +2,13 @@
  * Saving and loading a module's state dict as a safetensors file (the format PyTorch and Hugging
  * Face use), by PyTorch-style dotted names. float32 tensors are stored as F32, int32 as I32.
  */
-import { upload } from "../kernels/runtime.ts";
+import { writeTensor } from "./ops/inplace.ts";
 import { checkStateShapes, type LoadResult, type Module } from "./module.ts";
-import { SafetensorsFile, type SafetensorsTensor, writeSafetensors } from "./safetensors.ts";
+import {
+  SafetensorsFile,
+  type SafetensorsTensor,
+  writeSafetensors,
+} from "./formats/safetensors.ts";
 
 /**
  * Write every parameter and buffer of `module` to `path` (atomically: a crash leaves any old file
@@ -75,7 +79,7 @@ export async function loadModule(
       } else {
         throw new Error(`${path}: tensor "${name}" is ${e.dtype}; the module wants int32`);
       }
-      if (data.length > 0) upload(t.buf, data);
+      writeTensor(t, data);
     }
     return { ...result, metadata: { ...file.metadata } };
   } finally {

@@ -11,8 +11,7 @@
  * A module's own tensors come first, then its children, each in field order (as PyTorch does).
  * A tensor reachable twice (tied weights) is listed once, under its first name.
  */
-import { mapKernel } from "../kernels/elementwise.ts";
-import { upload } from "../kernels/runtime.ts";
+import { copyInto, writeTensor } from "./ops/inplace.ts";
 import { keep, Tensor } from "./tensor.ts";
 
 /** What a state dict entry may be: a GPU tensor, or CPU values with a shape. */
@@ -264,18 +263,8 @@ export class Module {
     for (const [name, dst] of own) {
       const v = src.get(name);
       if (!v || dst.size === 0) continue;
-      if (v instanceof Tensor) {
-        if (v === dst) continue;
-        const flat = { strides: [1], offset: 0 };
-        mapKernel(
-          "load_copy",
-          "a",
-          [{ buf: v.buf, ...flat }],
-          { buf: dst.buf, ...flat },
-          [dst.size],
-          dst.dtype === "int32" ? "i32" : "f32",
-        );
-      } else upload(dst.buf, v.data);
+      if (v instanceof Tensor) copyInto(dst, v);
+      else writeTensor(dst, v.data);
     }
     return result;
   }

@@ -9,6 +9,9 @@
 import { type Buf, pool, readback, upload } from "../kernels/runtime.ts";
 import { fillKernel } from "../kernels/elementwise.ts";
 import type { Node } from "./autograd.ts";
+import { Rng } from "./rng.ts";
+
+export { Rng } from "./rng.ts";
 
 /** Element type: float32 for values, int32 for indices and labels. */
 export type DType = "float32" | "int32";
@@ -261,41 +264,6 @@ export function ones(shape: readonly number[], opts: TensorOptions = {}): Tensor
 }
 
 // ---- seeded random numbers (CPU, so results do not depend on the adapter) ----------------------
-
-/** A small seeded generator (mulberry32 for uniforms, Box-Muller for normals). */
-export class Rng {
-  private state: number;
-  private spare: number | null = null;
-  /** A generator whose whole sequence is fixed by the integer `seed`. */
-  constructor(seed = 0) {
-    this.state = (seed ^ 0x9e3779b9) >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  /** Standard normal. */
-  normal(): number {
-    if (this.spare !== null) {
-      const s = this.spare;
-      this.spare = null;
-      return s;
-    }
-    let u = 0;
-    while (u === 0) u = this.next();
-    const v = this.next();
-    const r = Math.sqrt(-2 * Math.log(u));
-    this.spare = r * Math.sin(2 * Math.PI * v);
-    return r * Math.cos(2 * Math.PI * v);
-  }
-  /** Integer in [0, n). */
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-}
 
 /** Options for the random constructors. */
 export interface RandomOptions extends TensorOptions {

@@ -7,7 +7,7 @@
 import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { noGrad } from "../nn/autograd.ts";
-import { SafetensorsFile } from "../nn/safetensors.ts";
+import { SafetensorsFile } from "../nn/formats/safetensors.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import {
   builtinConfig,
@@ -28,8 +28,8 @@ import {
 import { ClipModel } from "../clip/model.ts";
 import { preprocessImage } from "../clip/preprocess.ts";
 import { ClipTokenizer } from "../clip/tokenizer.ts";
-import { readImage } from "../train/decode.ts";
-import { embedCommand } from "../train/embed_cli.ts";
+import { readImage } from "../nn/formats/image.ts";
+import { embedCommand } from "../cli/embed.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 import { assertClose, gpuTest } from "./util.ts";
 
@@ -310,7 +310,7 @@ gpuTest("clip load: DDP 'module.' prefixes are stripped; missing tensors are nam
   try {
     // Re-save the HF fixture with a module. prefix and one tensor dropped.
     const src = await SafetensorsFile.open(HF_ST);
-    const { writeSafetensors } = await import("../nn/safetensors.ts");
+    const { writeSafetensors } = await import("../nn/formats/safetensors.ts");
     const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
     for (const [name, e] of src.entries()) {
       if (e.dtype !== "F32" || name === "text_model.final_layer_norm.bias") continue;

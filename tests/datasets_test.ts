@@ -15,7 +15,7 @@ import {
   withTempDir,
   writeCorruptPcam,
 } from "./fixture_util.ts";
-import { H5Error, H5File } from "../train/hdf5.ts";
+import { H5Error, H5File } from "../nn/formats/hdf5.ts";
 import {
   BACH_CLASSES,
   CRC_CLASSES,
@@ -27,11 +27,11 @@ import {
   parseCsv,
   pcamFileName,
   type Split,
-} from "../train/datasets.ts";
-import { permutation, stratifiedSplit } from "../train/split.ts";
-import { SampleReader } from "../train/sample.ts";
-import { DecodePool } from "../train/pool.ts";
-import { ImageDecodeError } from "../train/decode.ts";
+} from "../train/data/datasets.ts";
+import { permutation, stratifiedSplit } from "../train/data/split.ts";
+import { SampleReader } from "../train/data/sample.ts";
+import { DecodePool } from "../train/data/pool.ts";
+import { ImageDecodeError } from "../nn/formats/image.ts";
 
 const PCAM = join(FIXTURES_DIR, "pcam");
 const TILES = join(SHARED_DATA, "crc-tiles");

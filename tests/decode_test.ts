@@ -1,12 +1,18 @@
 /**
- * Tests for train/decode.ts: pixels against PIL (fixtures from tests/fixtures/
- * make_image_fixture.py), hand-computed conversions of PNGs written with fast-png, and clear
- * ImageDecodeErrors for bad files.
+ * Tests for the image decoders of nn/formats/ (image.ts, png.ts, jpeg.ts, tiff.ts,
+ * tiff_codecs.ts): pixels against PIL (fixtures from tests/fixtures/make_image_fixture.py),
+ * hand-computed conversions of PNGs written with fast-png, and clear ImageDecodeErrors for bad
+ * files.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { encode as encodePng } from "fast-png";
-import { decodeImage, detectImageFormat, ImageDecodeError, readImage } from "../train/decode.ts";
+import {
+  decodeImage,
+  detectImageFormat,
+  ImageDecodeError,
+  readImage,
+} from "../nn/formats/image.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 import { checksum, fromB64, pixel } from "./fixture_util.ts";
 

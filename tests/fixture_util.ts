@@ -6,8 +6,8 @@
  */
 import { join } from "node:path";
 import { encode as encodePng } from "fast-png";
-import { pcamFileName } from "../train/datasets.ts";
-import { H5File } from "../train/hdf5.ts";
+import { pcamFileName } from "../train/data/datasets.ts";
+import { H5File } from "../nn/formats/hdf5.ts";
 
 const FIXTURES_URL = new URL("./fixtures/", import.meta.url);
 

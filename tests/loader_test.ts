@@ -9,19 +9,24 @@ import { join } from "node:path";
 import { gpuTest } from "./util.ts";
 import { pngBytes, tiffBytes, withTempDir, writeCorruptPcam } from "./fixture_util.ts";
 import { preprocessImage } from "../clip/preprocess.ts";
-import { decodeImage, ImageDecodeError } from "../train/decode.ts";
-import { getSplit, openDataset, pcamFileName, type Split } from "../train/datasets.ts";
-import { type CpuBatch, DataLoader, formatSkipped, type LoaderOptions } from "../train/loader.ts";
+import { decodeImage, ImageDecodeError } from "../nn/formats/image.ts";
+import { getSplit, openDataset, pcamFileName, type Split } from "../train/data/datasets.ts";
+import {
+  type CpuBatch,
+  DataLoader,
+  formatSkipped,
+  type LoaderOptions,
+} from "../train/data/loader.ts";
 import {
   applyAugment,
   augmentParams,
   DEFAULT_AUGMENT,
   geometric,
   resolveAugment,
-} from "../train/augment.ts";
-import type { DecodedImage } from "../clip/image.ts";
-import { dataCommand } from "../train/data_cli.ts";
-import { H5File } from "../train/hdf5.ts";
+} from "../train/data/augment.ts";
+import type { DecodedImage } from "../nn/formats/image.ts";
+import { dataCommand } from "../cli/data.ts";
+import { H5File } from "../nn/formats/hdf5.ts";
 
 const PCAM = new URL("./fixtures/pcam/", import.meta.url).pathname;
 const SIZE = 12;

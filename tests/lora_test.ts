@@ -9,7 +9,7 @@ import assert from "node:assert/strict";
 import { fileURLToPath } from "node:url";
 import { backward, noGrad } from "../nn/autograd.ts";
 import { add, mul, sum } from "../nn/ops/index.ts";
-import { SafetensorsFile } from "../nn/safetensors.ts";
+import { SafetensorsFile } from "../nn/formats/safetensors.ts";
 import { tensor, tidy } from "../nn/tensor.ts";
 import { loadClip } from "../clip/load.ts";
 import {
@@ -21,7 +21,7 @@ import {
   loraStateDict,
   mergeLora,
   saveLora,
-} from "../clip/lora.ts";
+} from "../nn/lora.ts";
 import type { ClipModel } from "../clip/model.ts";
 import { assertClose, gpuTest } from "./util.ts";
 

@@ -22,7 +22,7 @@ import {
 } from "../nn/layers.ts";
 import { Module } from "../nn/module.ts";
 import { add, matmul, mul, sum } from "../nn/ops/index.ts";
-import { SafetensorsFile, writeSafetensors } from "../nn/safetensors.ts";
+import { SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
 import { type Tensor, tensor, tidy, zeros } from "../nn/tensor.ts";
 
 const FIXTURE = new URL("./fixtures/block_torch.safetensors", import.meta.url).pathname;

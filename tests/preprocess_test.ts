@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import type { DecodedImage } from "../clip/image.ts";
+import type { DecodedImage } from "../nn/formats/image.ts";
 import {
   centerCrop,
   centerCropOffsets,
@@ -18,7 +18,7 @@ import {
   shortSideSize,
   toNormalizedCHW,
 } from "../clip/preprocess.ts";
-import { readImage } from "../train/decode.ts";
+import { readImage } from "../nn/formats/image.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 import { checksum, fromB64, pixel } from "./fixture_util.ts";
 

@@ -1,5 +1,5 @@
 /**
- * Tests of nn/safetensors.ts: exact round trips, the Python-written fixture, f16/bf16
+ * Tests of nn/formats/safetensors.ts: exact round trips, the Python-written fixture, f16/bf16
  * conversions against PyTorch's own roundings, every header validation error, and the atomic
  * write. All comparisons are exact (bit-for-bit, tolerance 0) unless a check says otherwise.
  */
@@ -13,7 +13,7 @@ import {
   SafetensorsFile,
   type SafetensorsTensor,
   writeSafetensors,
-} from "../nn/safetensors.ts";
+} from "../nn/formats/safetensors.ts";
 import { f32Bits, fixturePath, readCkptExpected, withTempDir } from "./fixture_util.ts";
 
 const expected = readCkptExpected();

@@ -1,19 +1,15 @@
 /**
- * Tests of clip/torch_pickle.ts against files written by PyTorch 1.13 (Debian python3-torch,
- * see tests/fixtures/make_checkpoint_fixture.py): values must equal what PyTorch held
- * exactly (float32 bit patterns, integers as decimal strings; tolerance 0), for stored,
- * deflated and zip64 archives, plain, wrapped and nested dicts, and non-contiguous tensors.
+ * Tests of nn/formats/zip.ts, pickle.ts and torch.ts against files written by PyTorch 1.13
+ * (Debian python3-torch, see tests/fixtures/make_checkpoint_fixture.py): values must equal what
+ * PyTorch held exactly (float32 bit patterns, integers as decimal strings; tolerance 0), for
+ * stored, deflated and zip64 archives, plain, wrapped and nested dicts, and non-contiguous
+ * tensors.
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import {
-  type LoadedTensor,
-  loadTorchCheckpoint,
-  PyObject,
-  TorchCheckpoint,
-  unpickle,
-  ZipReader,
-} from "../clip/torch_pickle.ts";
+import { type LoadedTensor, loadTorchCheckpoint, TorchCheckpoint } from "../nn/formats/torch.ts";
+import { PyObject, unpickle } from "../nn/formats/pickle.ts";
+import { ZipReader } from "../nn/formats/zip.ts";
 import { type DescribedTensor, f32Bits, fixturePath, readCkptExpected } from "./fixture_util.ts";
 
 const expected = readCkptExpected();

@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import { gpuTest } from "./util.ts";
 import { backward } from "../nn/autograd.ts";
 import { MLP } from "../nn/layers.ts";
-import { TinyTransformer } from "../train/demo.ts";
+import { TinyTransformer } from "../cli/demo.ts";
 import { crossEntropy } from "../nn/ops/nn.ts";
 import { Adam, AdamW, clipGradNorm, cosineSchedule, type Optimizer } from "../nn/optim.ts";
 import { Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";

@@ -1,8 +1,10 @@
 /**
  * Seeded randomness for datasets and loaders: a hash of (seed, stream, index) so every epoch's
  * order and every sample's augmentation is reproducible on its own (no shared generator state
- * between workers), a Fisher-Yates permutation, and a stratified split.
+ * between workers), a Fisher-Yates permutation, and a stratified split. The generator is
+ * nn/rng.ts's, started from the hashed seed as is.
  */
+import { Rng } from "../../nn/rng.ts";
 
 /** A 32-bit integer hash (Chris Wellons' lowbias32): good avalanche, cheap. */
 export function hash32(x: number): number {
@@ -20,35 +22,11 @@ export function seedOf(...parts: number[]): number {
   return h;
 }
 
-/** A small seeded generator (mulberry32): uniform doubles in [0, 1) and integers. */
-export class SplitRng {
-  private state: number;
-  /** Seeds the generator with a 32-bit integer. */
-  constructor(seed: number) {
-    this.state = seed >>> 0;
-  }
-  /** Uniform in [0, 1). */
-  next(): number {
-    let t = (this.state = (this.state + 0x6d2b79f5) >>> 0);
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  }
-  /** Integer in [0, n). */
-  int(n: number): number {
-    return Math.floor(this.next() * n);
-  }
-  /** Uniform in [lo, hi). */
-  uniform(lo: number, hi: number): number {
-    return lo + (hi - lo) * this.next();
-  }
-}
-
 /** A permutation of 0..n-1 from `seed` (Fisher-Yates). */
 export function permutation(n: number, seed: number): Int32Array {
   const p = new Int32Array(n);
   for (let i = 0; i < n; i++) p[i] = i;
-  const rng = new SplitRng(seed);
+  const rng = Rng.fromState(seed);
   for (let i = n - 1; i > 0; i--) {
     const j = rng.int(i + 1);
     const t = p[i];

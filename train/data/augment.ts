@@ -6,8 +6,8 @@
  * as torchvision does on PIL images). All randomness comes from one seed per sample, so the same
  * (seed, epoch, index) always gives the same augmentation, whichever worker runs it.
  */
-import type { DecodedImage } from "../clip/image.ts";
-import { SplitRng } from "./split.ts";
+import type { DecodedImage } from "../../nn/formats/image.ts";
+import { Rng } from "../../nn/rng.ts";
 
 /** What augmentation does; colour strengths follow torchvision's ColorJitter arguments. */
 export interface AugmentOptions {
@@ -61,7 +61,7 @@ export function resolveAugment(opts: AugmentOptions | boolean): Required<Augment
 
 /** Draws one sample's augmentation from a 32-bit `seed` (see split.ts `seedOf`). */
 export function augmentParams(opts: Required<AugmentOptions>, seed: number): AugmentParams {
-  const rng = new SplitRng(seed);
+  const rng = Rng.fromState(seed);
   // Always draw every value so one option does not shift the others' randomness.
   const hflip = rng.next() < 0.5;
   const vflip = rng.next() < 0.5;

@@ -11,12 +11,10 @@ import {
   type DatasetKind,
   type DatasetOptions,
   openDataset,
-  type Split,
-} from "./datasets.ts";
-import { DecodePool, defaultWorkers } from "./pool.ts";
-import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "../clip/preprocess.ts";
-import type { BadImage } from "./loader.ts";
-import { H5Error } from "./hdf5.ts";
+} from "../train/data/datasets.ts";
+import { defaultWorkers } from "../train/data/pool.ts";
+import { checkSplit, type SplitReport } from "../train/data/check.ts";
+import { H5Error } from "../nn/formats/hdf5.ts";
 
 const USAGE = `usage: cli.ts data --dataset KIND --root DIR [options]
 
@@ -36,23 +34,6 @@ Counts the images of every split and class, their sizes, and lists unreadable fi
 
 Exit status: 0 all images readable, 1 some unreadable, 2 bad arguments or dataset.`;
 
-/** Per-class statistics of one split. */
-export interface ClassReport {
-  name: string;
-  count: number;
-  /** "WxH" -> number of images (empty with --quick, except for HDF5 arrays). */
-  sizes: Record<string, number>;
-  unreadable: number;
-}
-
-/** The report of one split. */
-export interface SplitReport {
-  name: string;
-  count: number;
-  classes: ClassReport[];
-  unreadable: BadImage[];
-}
-
 /** The whole report. */
 export interface DataReport {
   kind: DatasetKind;
@@ -61,63 +42,6 @@ export interface DataReport {
   notes: string[];
   splits: SplitReport[];
   checked: boolean;
-}
-
-/**
- * Reads every image of `split` (unless `quick`) with `workers` decoding workers and tallies
- * counts, sizes and unreadable files per class. `progress` is called now and then with the
- * number of images done.
- */
-export async function checkSplit(
-  ds: Dataset,
-  split: Split,
-  opts: { workers: number; quick: boolean; progress?: (done: number, total: number) => void },
-): Promise<SplitReport> {
-  const classes: ClassReport[] = ds.classes.map((name) => ({
-    name,
-    count: 0,
-    sizes: {},
-    unreadable: 0,
-  }));
-  const n = split.labels.length;
-  for (let i = 0; i < n; i++) classes[split.labels[i]].count++;
-  const unreadable: BadImage[] = [];
-  const src = split.source;
-  if (opts.quick) {
-    if (src.kind === "h5") {
-      for (const c of classes) if (c.count) c.sizes[`${src.width}x${src.height}`] = c.count;
-    }
-    return { name: split.name, count: n, classes, unreadable };
-  }
-  const pool = new DecodePool(
-    src,
-    { size: 1, mean: [...OPENAI_CLIP_MEAN], std: [...OPENAI_CLIP_STD], augment: null, seed: 0 },
-    opts.workers,
-  );
-  try {
-    const window = Math.max(16, 32 * Math.max(1, opts.workers));
-    let next = 0, done = 0;
-    const worker = async () => {
-      while (next < n) {
-        const i = next++;
-        const r = await pool.run(i, 0, "check");
-        const c = classes[split.labels[i]];
-        if (r.ok) {
-          const key = `${r.width}x${r.height}`;
-          c.sizes[key] = (c.sizes[key] ?? 0) + 1;
-        } else {
-          c.unreadable++;
-          unreadable.push({ path: r.path, reason: r.reason });
-        }
-        if (++done % 1000 === 0) opts.progress?.(done, n);
-      }
-    };
-    await Promise.all(Array.from({ length: Math.min(window, n) }, worker));
-  } finally {
-    await pool.close();
-  }
-  unreadable.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  return { name: split.name, count: n, classes, unreadable };
 }
 
 /** Formats a report as text (one table per split, then the unreadable files). */

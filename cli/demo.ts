@@ -7,10 +7,11 @@
  * The task: sequences of T tokens from a vocabulary of V; each of C classes favours its own
  * quarter of the vocabulary, buried in uniform noise, so the model must pool evidence over the
  * whole sequence. Batches are fresh every step and accuracy is measured on held-out sequences.
+ * `TinyTransformer` is exported for tests/train_test.ts, not as library surface.
  */
 import { parseArgs } from "node:util";
 import { adapterInfo, init } from "../kernels/device.ts";
-import { poolStats } from "../kernels/runtime.ts";
+import { poolStats } from "../mod.ts";
 import { backward, noGrad } from "../nn/autograd.ts";
 import { Embedding, LayerNorm, Linear, TransformerBlock } from "../nn/layers.ts";
 import { Module } from "../nn/module.ts";

@@ -69,12 +69,6 @@ export function isSafetensorsDtype(dtype: string): dtype is SafetensorsDtype {
   return Object.hasOwn(ITEM_SIZE, dtype);
 }
 
-/** Bytes per element of `dtype`. Throws on an unknown dtype. */
-export function dtypeItemSize(dtype: string): number {
-  if (!isSafetensorsDtype(dtype)) throw new Error(`unknown safetensors dtype "${dtype}"`);
-  return ITEM_SIZE[dtype];
-}
-
 /** One tensor of a safetensors file. `byteOffset` is absolute (from the start of the file). */
 export interface SafetensorsEntry {
   /** Element type as stored in the file. */

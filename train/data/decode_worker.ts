@@ -1,6 +1,6 @@
 /**
  * Decoding worker: reads, decodes and preprocesses samples for {@link DecodePool}
- * (train/pool.ts). Messages in: `init` (the source and pipeline), `task` (a SampleTask),
+ * (pool.ts). Messages in: `init` (the source and pipeline), `task` (a SampleTask),
  * `close`. Messages out: a SampleResult per task (its data buffer transferred, not copied),
  * `fatal` for an unexpected error, `closed` after `close`.
  */

@@ -1,27 +1,26 @@
 /**
- * LoRA (Hu et al. 2021) for the CLIP towers: a frozen weight W gets a trainable low-rank update,
+ * LoRA (Hu et al. 2021): a frozen weight W gets a trainable low-rank update,
  * `W x + (alpha / r) B A x`, with A [r, in] Kaiming-uniform and B [out, r] zero (so training
- * starts from the pretrained model). Every Linear (the packed attention in-projection and the
- * output projection included), the token Embedding, the patch embedding and the two final
- * projections can carry one.
+ * starts from the pretrained model). A host that multiplies by its weight (a Linear, a packed
+ * attention in-projection, a patch embedding, a projection) or looks up its rows (an Embedding)
+ * can carry one.
  *
  * A model exposes the places that can be adapted as {@link LoraSite}s (`loraSites()`); this file
- * knows nothing about CLIP's structure beyond that. Sites are named like the OpenCLIP module
- * they adapt (`visual.transformer.resblocks.0.attn.in_proj`, `visual.conv1`, `token_embedding`,
- * `text.text_projection`, ...), and {@link loraStateDict} names the adapter tensors
- * `<site>.lora_A` / `<site>.lora_B`.
+ * knows nothing about any model's structure beyond that. The model names its sites (CLIP's towers
+ * name them like the OpenCLIP modules they adapt: `visual.transformer.resblocks.0.attn.in_proj`,
+ * `visual.conv1`, `text.token_embedding`, `text.text_projection`, ...), and
+ * {@link loraStateDict} names the adapter tensors `<site>.lora_A` / `<site>.lora_B`.
  */
-import { type LayerAdapter } from "../nn/layers.ts";
-import { Module } from "../nn/module.ts";
-import { noGrad, record } from "../nn/autograd.ts";
-import { embedding } from "../nn/ops/embedding.ts";
-import { map } from "../nn/ops/elementwise.ts";
-import { matmul } from "../nn/ops/matmul.ts";
-import { transpose } from "../nn/ops/shape.ts";
-import { rand, Rng, type Tensor, zeros } from "../nn/tensor.ts";
-import { mapKernel } from "../kernels/elementwise.ts";
-import { upload } from "../kernels/runtime.ts";
-import { SafetensorsFile, writeSafetensors } from "../nn/safetensors.ts";
+import { type LayerAdapter } from "./layers.ts";
+import { Module } from "./module.ts";
+import { noGrad, record } from "./autograd.ts";
+import { embedding } from "./ops/embedding.ts";
+import { add, map, scale } from "./ops/elementwise.ts";
+import { copyInto, writeTensor } from "./ops/inplace.ts";
+import { matmul } from "./ops/matmul.ts";
+import { transpose } from "./ops/shape.ts";
+import { rand, Rng, type Tensor, zeros } from "./tensor.ts";
+import { SafetensorsFile, writeSafetensors } from "./formats/safetensors.ts";
 
 /**
  * A weight that can carry a LoRA adapter.
@@ -160,7 +159,7 @@ export class LoraAdapter extends Module implements LayerAdapter {
   delta(): Tensor {
     return noGrad(() => {
       const ba = matmul(this.lora_B, this.lora_A);
-      const d = map("lora_scale", "a * p.s", [ba], this.scaling);
+      const d = scale(ba, this.scaling);
       ba.dispose();
       return d;
     });
@@ -199,11 +198,6 @@ export function loraAdapters(model: LoraHost): Map<string, LoraAdapter> {
   return out;
 }
 
-function copyInto(dst: Tensor, src: Tensor): void {
-  const flat = { strides: [1], offset: 0 };
-  mapKernel("lora_copy", "a", [{ buf: src.buf, ...flat }], { buf: dst.buf, ...flat }, [dst.size]);
-}
-
 /**
  * Fold every adapter into its base weight (`W += (alpha/r) B A`, transposed for "in-out"
  * weights) and remove it, so the model computes the same function with no adapter cost. The
@@ -220,7 +214,7 @@ export function mergeLora(model: LoraHost): number {
       const dl = s.layout === "in-out" ? transpose(d) : d;
       const w = s.weight;
       const wv = w.view([w.size]), dv = dl.view([w.size]); // same element order
-      const sum = map("lora_merge", "a + b", [wv, dv]);
+      const sum = add(wv, dv);
       copyInto(w, sum);
       for (const t of new Set([d, dl, wv, dv, sum])) t.dispose();
       s.setAdapter(null);
@@ -265,7 +259,7 @@ export function loadLoraStateDict(
   for (const name of values.keys()) {
     if (!own.has(name)) throw new Error(`${where}: "${name}" is not an adapter of this model`);
   }
-  for (const [name, t] of own) upload(t.buf, values.get(name)!.data);
+  for (const [name, t] of own) writeTensor(t, values.get(name)!.data);
 }
 
 /**

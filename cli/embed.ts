@@ -6,23 +6,26 @@
  *     --images tiles/ --texts reports.txt --out embeds.safetensors
  *
  * `image_embeds` [N, d]: one row per image file of `--images` (PNG / TIFF / JPEG, sorted by file
- * name); `text_embeds` [M, d]: one row per line of `--texts`. Both L2-normalised, float32. The
- * metadata lists the image file names, the architecture and the weights. `--random-init` (or
- * `--weights random`) uses a randomly initialised model: a smoke test and a benchmark without
- * real weights. Progress goes to stderr with images/s and texts/s.
+ * name, decoded by the worker-pool DataLoader); `text_embeds` [M, d]: one row per line of
+ * `--texts`. Both L2-normalised, float32 (the loops are clip/embed.ts's). The metadata lists the
+ * image file names, the architecture and the weights. `--random-init` (or `--weights random`)
+ * uses a randomly initialised model: a smoke test and a benchmark without real weights.
+ * Progress goes to stderr with images/s and texts/s.
  */
 import { parseArgs } from "node:util";
 import { fileURLToPath } from "node:url";
+import { relative } from "node:path";
 import { init } from "../kernels/device.ts";
-import { noGrad } from "../nn/autograd.ts";
-import { writeSafetensors } from "../nn/safetensors.ts";
-import { tensor, tidy } from "../nn/tensor.ts";
-import { type ClipConfig, resolveArch } from "../clip/config.ts";
+import { writeSafetensors } from "../nn/formats/safetensors.ts";
+import { resolveArch } from "../clip/config.ts";
+import { embedImageBatches, embedTexts, type ImageBatch } from "../clip/embed.ts";
 import { checkpointConfig, loadClipCheckpoint } from "../clip/load.ts";
 import { ClipModel } from "../clip/model.ts";
-import { preprocessImage } from "../clip/preprocess.ts";
 import { ClipTokenizer } from "../clip/tokenizer.ts";
-import { readImage } from "./decode.ts";
+import { listImages } from "../train/data/files.ts";
+import { DataLoader } from "../train/data/loader.ts";
+import { defaultWorkers } from "../train/data/pool.ts";
+import { Progress } from "./progress.ts";
 
 const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out OUT.safetensors
                          [--images DIR] [--texts FILE] [options]
@@ -33,47 +36,17 @@ const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out 
   --weights FILE|DIR   safetensors or torch .bin/.pt checkpoint (OpenCLIP or Hugging Face names);
                        "random" = --random-init
   --random-init        random weights (seeded by --seed), no checkpoint
-  --images DIR         embed every PNG/TIFF/JPEG in DIR, in sorted file-name order
+  --images DIR         embed every image file in DIR (not its subfolders), in sorted file-name
+                       order; hidden files are skipped, symlinks followed, and a file with an
+                       image extension that is not PNG/TIFF/JPEG (.bmp, .webp, ...) is an error
   --texts FILE         embed every line of FILE
   --out FILE           output safetensors: image_embeds [N, d], text_embeds [M, d] (float32)
   --tokenizer PATH     CLIP BPE merges (.txt.gz) or a folder with vocab.json + merges.txt
                        (default: beside the weights, else ../shared/data/clip-bpe)
   --batch N            images per GPU batch (default 8); texts use 4N
+  --workers N          image decoding workers (default: cores - 1, at most 8; 0 = this thread)
   --seed N             seed of --random-init (default 0)
   --quiet              no progress bar`;
-
-const IMAGE_EXT = /\.(png|tiff?|jpe?g)$/i;
-
-/** A one-line progress bar on stderr (redrawn in place on a terminal, one line per step else). */
-class Progress {
-  #start = performance.now();
-  #tty = Deno.stderr.isTerminal();
-  #enc = new TextEncoder();
-  constructor(
-    readonly label: string,
-    readonly total: number,
-    readonly unit: string,
-    readonly quiet: boolean,
-  ) {}
-
-  /** Seconds since the bar was created. */
-  get elapsed(): number {
-    return (performance.now() - this.#start) / 1000;
-  }
-
-  update(done: number): void {
-    if (this.quiet) return;
-    const width = 30;
-    const filled = this.total ? Math.round((width * done) / this.total) : width;
-    const rate = done / Math.max(this.elapsed, 1e-9);
-    const eta = rate > 0 ? (this.total - done) / rate : 0;
-    const line = `${this.label} [${"#".repeat(filled)}${"-".repeat(width - filled)}] ` +
-      `${done}/${this.total}  ${rate.toFixed(2)} ${this.unit}/s  ` +
-      `${done < this.total ? `eta ${eta.toFixed(0)}s` : `${this.elapsed.toFixed(1)}s`}`;
-    Deno.stderr.writeSync(this.#enc.encode(this.#tty ? `\r${line}\x1b[K` : `${line}\n`));
-    if (this.#tty && done === this.total) Deno.stderr.writeSync(this.#enc.encode("\n"));
-  }
-}
 
 /** Where the tokenizer is: the flag, beside the weights, or the shared CLIP merges file. */
 async function findTokenizer(flag: string | undefined, weights: string | null): Promise<string> {
@@ -109,17 +82,13 @@ async function findTokenizer(flag: string | undefined, weights: string | null): 
   );
 }
 
-/** Image files of `dir` (PNG / TIFF / JPEG by extension), sorted by name. */
-async function listImages(dir: string): Promise<string[]> {
-  const names: string[] = [];
+/** The image files of `dir` (see train/data/files.ts), as names relative to `dir`. */
+async function imageFiles(dir: string): Promise<string[]> {
   try {
-    for await (const e of Deno.readDir(dir)) {
-      if (e.isFile && IMAGE_EXT.test(e.name)) names.push(e.name);
-    }
+    return (await listImages(dir, { recursive: false })).map((p) => relative(dir, p));
   } catch (e) {
     throw new Error(`--images ${dir}: ${(e as Error).message}`);
   }
-  return names.sort((a, b) => (a < b ? -1 : a > b ? 1 : 0));
 }
 
 /** Lines of a text file (a final newline does not add an empty line). */
@@ -135,65 +104,37 @@ async function readLines(path: string): Promise<string[]> {
   return lines;
 }
 
-async function embedImages(
-  model: ClipModel,
-  config: ClipConfig,
+/**
+ * The images `dir/files[i]` as preprocessed batches, decoded by the worker-pool DataLoader in
+ * file order. The loader is closed when the iteration ends (or stops early).
+ */
+async function* imageBatches(
   dir: string,
   files: string[],
-  batch: number,
-  quiet: boolean,
-): Promise<{ data: Float32Array; seconds: number }> {
-  const d = config.embedDim, S = config.vision.imageSize;
-  const out = new Float32Array(files.length * d);
-  const bar = new Progress("images", files.length, "images", quiet);
-  bar.update(0);
-  for (let i = 0; i < files.length; i += batch) {
-    const chunk = files.slice(i, i + batch);
-    const pixels = new Float32Array(chunk.length * 3 * S * S);
-    for (let j = 0; j < chunk.length; j++) {
-      const img = await readImage(`${dir}/${chunk[j]}`);
-      pixels.set(
-        preprocessImage(img, { size: S, mean: config.mean, std: config.std }),
-        j * 3 * S * S,
-      );
-    }
-    const emb = noGrad(() =>
-      tidy(() => model.embedImages(tensor(pixels, [chunk.length, 3, S, S])))
-    );
-    out.set(await emb.toArray(), i * d);
-    emb.dispose();
-    bar.update(i + chunk.length);
-  }
-  return { data: out, seconds: bar.elapsed };
-}
-
-async function embedTexts(
-  model: ClipModel,
-  config: ClipConfig,
-  tokenizer: ClipTokenizer,
-  lines: string[],
-  batch: number,
-  quiet: boolean,
-): Promise<{ data: Float32Array; seconds: number }> {
-  const d = config.embedDim, ctx = config.text.contextLength;
-  if (tokenizer.vocabSize > config.text.vocabSize) {
-    throw new Error(
-      `the tokenizer has ${tokenizer.vocabSize} tokens but the ${config.name} model only ` +
-        `${config.text.vocabSize}: wrong --tokenizer for this model`,
-    );
-  }
-  const out = new Float32Array(lines.length * d);
-  const bar = new Progress("texts ", lines.length, "texts", quiet);
-  bar.update(0);
-  for (let i = 0; i < lines.length; i += batch) {
-    const chunk = lines.slice(i, i + batch);
-    const ids = tokenizer.tokenize(chunk, ctx);
-    const emb = noGrad(() => tidy(() => model.embedTexts(ids)));
-    out.set(await emb.toArray(), i * d);
-    emb.dispose();
-    bar.update(i + chunk.length);
-  }
-  return { data: out, seconds: bar.elapsed };
+  opts: {
+    size: number;
+    mean: readonly number[];
+    std: readonly number[];
+    batch: number;
+    workers: number;
+  },
+): AsyncGenerator<ImageBatch> {
+  await using loader = new DataLoader(
+    {
+      name: "test",
+      source: { kind: "files", paths: files.map((f) => `${dir}/${f}`) },
+      labels: new Int32Array(files.length),
+    },
+    {
+      batchSize: opts.batch,
+      size: opts.size,
+      mean: opts.mean,
+      std: opts.std,
+      shuffle: false,
+      workers: opts.workers,
+    },
+  );
+  for await (const b of loader.cpuBatches()) yield { images: b.images, count: b.size };
 }
 
 /**
@@ -217,6 +158,7 @@ export async function embedCommand(args: string[]): Promise<number> {
         tokenizer: { type: "string" },
         batch: { type: "string", default: "8" },
         seed: { type: "string", default: "0" },
+        workers: { type: "string" },
         quiet: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
       },
@@ -242,6 +184,10 @@ export async function embedCommand(args: string[]): Promise<number> {
     problems.push(`--batch must be >= 1, got ${values.batch}`);
   }
   if (!Number.isInteger(seed)) problems.push(`--seed must be an integer, got ${values.seed}`);
+  const workers = values.workers === undefined ? defaultWorkers() : Number(values.workers);
+  if (!Number.isInteger(workers) || workers < 0) {
+    problems.push(`--workers must be a non-negative integer, got ${values.workers}`);
+  }
   if (problems.length) {
     console.error(`embed: ${problems.join("; ")}\n\n${USAGE}`);
     return 2;
@@ -253,7 +199,7 @@ export async function embedCommand(args: string[]): Promise<number> {
     ? await resolveArch(values.arch!)
     : await checkpointConfig(weights!, values.arch);
   // Read the inputs before the slow parts, so a typo fails fast.
-  const files = values.images ? await listImages(values.images) : [];
+  const files = values.images ? await imageFiles(values.images) : [];
   if (values.images && files.length === 0) {
     throw new Error(`--images ${values.images}: no PNG / TIFF / JPEG files`);
   }
@@ -261,6 +207,12 @@ export async function embedCommand(args: string[]): Promise<number> {
   const tokenizer = values.texts
     ? await ClipTokenizer.load(await findTokenizer(values.tokenizer, weights))
     : null;
+  if (tokenizer && tokenizer.vocabSize > config.text.vocabSize) {
+    throw new Error(
+      `the tokenizer has ${tokenizer.vocabSize} tokens but the ${config.name} model only ` +
+        `${config.text.vocabSize}: wrong --tokenizer for this model`,
+    );
+  }
 
   const gpu = await init();
   const t0 = performance.now();
@@ -280,20 +232,40 @@ export async function embedCommand(args: string[]): Promise<number> {
   const d = config.embedDim;
   try {
     if (values.images) {
-      const r = await embedImages(model, config, values.images, files, batch, quiet);
-      tensors.image_embeds = { dtype: "F32", shape: [files.length, d], data: r.data };
+      const bar = new Progress("images", files.length, "images", quiet);
+      bar.update(0);
+      const { imageSize: size } = config.vision;
+      const data = await embedImageBatches(
+        model,
+        imageBatches(values.images, files, {
+          size,
+          mean: config.mean,
+          std: config.std,
+          batch,
+          workers,
+        }),
+        (done) => bar.update(done),
+      );
+      tensors.image_embeds = { dtype: "F32", shape: [files.length, d], data };
+      const seconds = bar.elapsed;
       summary.push(
-        `${files.length} images in ${r.seconds.toFixed(1)} s (${
-          (files.length / r.seconds).toFixed(2)
+        `${files.length} images in ${seconds.toFixed(1)} s (${
+          (files.length / seconds).toFixed(2)
         } images/s)`,
       );
     }
     if (tokenizer) {
-      const r = await embedTexts(model, config, tokenizer, lines, 4 * batch, quiet);
-      tensors.text_embeds = { dtype: "F32", shape: [lines.length, d], data: r.data };
+      const bar = new Progress("texts ", lines.length, "texts", quiet);
+      bar.update(0);
+      const data = await embedTexts(model, tokenizer, lines, {
+        batch: 4 * batch,
+        onProgress: (done) => bar.update(done),
+      });
+      tensors.text_embeds = { dtype: "F32", shape: [lines.length, d], data };
+      const seconds = bar.elapsed;
       summary.push(
-        `${lines.length} texts in ${r.seconds.toFixed(1)} s (${
-          (lines.length / r.seconds).toFixed(2)
+        `${lines.length} texts in ${seconds.toFixed(1)} s (${
+          (lines.length / seconds).toFixed(2)
         } texts/s)`,
       );
     }

@@ -12,11 +12,11 @@
  * with an ImageDecodeError naming the file and the reason; with "skip" it is left out (the next
  * good samples fill the batch), counted and listed in {@link DataLoader.skipped}.
  */
-import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "../clip/preprocess.ts";
-import { type Tensor, tensor } from "../nn/tensor.ts";
+import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "../../clip/preprocess.ts";
+import { type Tensor, tensor } from "../../nn/tensor.ts";
 import type { AugmentOptions } from "./augment.ts";
 import { resolveAugment } from "./augment.ts";
-import { ImageDecodeError } from "./decode.ts";
+import { ImageDecodeError } from "../../nn/formats/image.ts";
 import type { Split } from "./datasets.ts";
 import { DecodePool, defaultWorkers } from "./pool.ts";
 import type { PipelineConfig, SampleResult } from "./sample.ts";

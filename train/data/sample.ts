@@ -4,12 +4,12 @@
  * optional augmentation, normalisation to Float32 [3, S, S]. The decoding workers and the
  * in-thread fallback both run exactly this code.
  */
-import type { DecodedImage } from "../clip/image.ts";
-import { centerCrop, resizeShortSideBicubic, toNormalizedCHW } from "../clip/preprocess.ts";
-import { ImageDecodeError, readImage } from "./decode.ts";
+import type { DecodedImage } from "../../nn/formats/image.ts";
+import { centerCrop, resizeShortSideBicubic, toNormalizedCHW } from "../../clip/preprocess.ts";
+import { ImageDecodeError, readImage } from "../../nn/formats/image.ts";
 import type { SampleSource } from "./datasets.ts";
 import { sampleId } from "./datasets.ts";
-import { H5Error, H5File } from "./hdf5.ts";
+import { H5Error, H5File } from "../../nn/formats/hdf5.ts";
 import { applyAugment, type AugmentOptions, augmentParams } from "./augment.ts";
 import { seedOf } from "./split.ts";
 
