@@ -12,7 +12,7 @@
  */
 import { Module } from "../nn/module.ts";
 import type { Tensor } from "../nn/tensor.ts";
-import type { LoraHost, LoraSite } from "./lora.ts";
+import type { LoraHost, LoraSite } from "../nn/lora.ts";
 import type { ClipModel } from "./model.ts";
 
 /** An image feature extractor that CLIP-IT trains with LoRA. */
