@@ -7,14 +7,8 @@
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import {
-  CLIP_NUM_MERGES,
-  clipCleanText,
-  ClipTokenizer,
-  eotPositions,
-  html5Entities,
-  htmlUnescape,
-} from "../clip/tokenizer.ts";
+import { CLIP_NUM_MERGES, clipCleanText, ClipTokenizer, eotPositions } from "../clip/tokenizer.ts";
+import { html5Entities, htmlUnescape } from "../clip/html_entities.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 
 interface Case {
