@@ -2,7 +2,8 @@
  * HTML character references as Python's `html.unescape` decodes them: the HTML5 named references
  * (WHATWG list, the same table as Python's `html.entities.html5`), legacy names without ';',
  * longest-prefix matching and the HTML5 remapping of numeric references. CLIP's text clean-up
- * runs this twice (clip/tokenizer.ts). Most of the file is the packed entity table at the end.
+ * runs this twice (clip/tokenizer.ts) and ftfy's `unescape_html` builds on it (clip/ftfy.ts).
+ * Most of the file is the packed entity table at the end.
  */
 
 /** Numeric references that HTML5 remaps (mostly Windows-1252 for 0x80..0x9f). */

@@ -9,6 +9,17 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { CLIP_NUM_MERGES, clipCleanText, ClipTokenizer, eotPositions } from "../clip/tokenizer.ts";
 import { html5Entities, htmlUnescape } from "../clip/html_entities.ts";
+import {
+  badness,
+  CATEGORIES_PACKED,
+  codepages,
+  fixCharacterWidth,
+  fixText,
+  ftfyEntities,
+  unpackCodePoints,
+  utf8Clues,
+  utf8DetectorPattern,
+} from "../clip/ftfy.ts";
 import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 
 interface Case {
@@ -39,8 +50,35 @@ interface Fixture {
   corpus_ids_sha256_16: string[];
 }
 
+/** tests/fixtures/ftfy_cases.json, written by make_ftfy_fixture.py from ftfy itself. */
+interface FtfyFixture {
+  ftfy_version: string;
+  codepages: Record<string, number[]>;
+  categories: Record<string, number[]>;
+  utf8_clues: Record<string, number[]>;
+  html_entities_sha256: string;
+  html_entities_count: number;
+  width_map_sha256: string;
+  width_map_count: number;
+  probe_pool: string;
+  probe_seed: number;
+  probe_count: number;
+  probe_badness: string;
+  probe_utf8_spans: string[];
+  literal_pool: string;
+  literal_pair_badness: string;
+  triple_pool: string;
+  triple_badness_sha256: string;
+  triple_bad_count: number;
+  extra_probes: [string, number][];
+  mojibake: { kind: string; text: string; fixed: string }[];
+}
+
 const fixture: Fixture = JSON.parse(
   await Deno.readTextFile(new URL("./fixtures/tokenizer_cases.json", import.meta.url)),
+);
+const ftfyFixture: FtfyFixture = JSON.parse(
+  await Deno.readTextFile(new URL("./fixtures/ftfy_cases.json", import.meta.url)),
 );
 const MERGES_GZ = join(SHARED_DATA, fixture.merges_file);
 const CORPUS = join(SHARED_DATA, fixture.corpus_file);
@@ -103,6 +141,137 @@ Deno.test("htmlUnescape: named, legacy, longest-prefix and numeric references", 
   );
   assert.equal(htmlUnescape("&#x1F642;&NotEqualTilde;&unknown; & x &;"), "🙂≂̸&unknown; & x &;");
   assert.equal(htmlUnescape("no entities"), "no entities");
+});
+
+// ---- ftfy (clip/ftfy.ts) against ftfy itself ----------------------------------------------
+
+Deno.test("ftfy tables: code pages, badness categories, UTF-8 clues, entities, width map", async () => {
+  const pages = codepages();
+  assert.deepEqual(pages.map((p) => p.name), ["latin-1", ...Object.keys(ftfyFixture.codepages)]);
+  for (const page of pages.slice(1)) {
+    assert.deepEqual(page.chars, ftfyFixture.codepages[page.name], page.name);
+  }
+  for (const [name, packed] of Object.entries(CATEGORIES_PACKED)) {
+    assert.deepEqual(unpackCodePoints(packed), ftfyFixture.categories[name], name);
+  }
+  assert.deepEqual(Object.keys(CATEGORIES_PACKED), Object.keys(ftfyFixture.categories));
+  const clues = utf8Clues();
+  const want = ftfyFixture.utf8_clues;
+  assert.deepEqual(clues.first2, want.utf8_first_of_2);
+  assert.deepEqual(clues.first3, want.utf8_first_of_3);
+  assert.deepEqual(clues.first4, want.utf8_first_of_4);
+  assert.deepEqual(clues.continuation, want.utf8_continuation);
+  assert.deepEqual(clues.continuationStrict, want.utf8_continuation_strict);
+  // Entities (HTML5 + ftfy's upper-case variants) and the width map, as sorted lines.
+  const entities = ftfyEntities();
+  assert.equal(entities.size, ftfyFixture.html_entities_count);
+  const lines = [...entities.entries()].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    .map(([k, v]) => `${k}\t${v}\n`).join("");
+  assert.equal(await sha256(lines), ftfyFixture.html_entities_sha256);
+  let width = "";
+  let count = 0;
+  for (const cp of [0x3000, ...Array.from({ length: 0xffef - 0xff01 + 1 }, (_, i) => 0xff01 + i)]) {
+    const c = String.fromCodePoint(cp);
+    const w = fixCharacterWidth(c);
+    if (w !== c) {
+      width += `${cp.toString(16)}\t${w}\n`;
+      count++;
+    }
+  }
+  assert.equal(count, ftfyFixture.width_map_count);
+  assert.equal(await sha256(width), ftfyFixture.width_map_sha256);
+});
+
+/** xorshift32, as in make_ftfy_fixture.py. */
+function xorshift32(seed: number): () => number {
+  let x = seed >>> 0;
+  return () => {
+    x = (x ^ (x << 13)) >>> 0;
+    x = (x ^ (x >>> 17)) >>> 0;
+    x = (x ^ (x << 5)) >>> 0;
+    return x;
+  };
+}
+
+Deno.test("ftfy badness heuristic and UTF-8 detector match ftfy on probe strings", async () => {
+  const pool = unpackCodePoints(ftfyFixture.probe_pool);
+  const next = xorshift32(ftfyFixture.probe_seed);
+  const detector = utf8DetectorPattern();
+  const spans: string[] = [];
+  const mismatches: string[] = [];
+  for (let i = 0; i < ftfyFixture.probe_count; i++) {
+    const length = 1 + next() % 8;
+    let s = "";
+    for (let k = 0; k < length; k++) s += String.fromCodePoint(pool[next() % pool.length]);
+    if (String(badness(s)) !== ftfyFixture.probe_badness[i]) mismatches.push(JSON.stringify(s));
+    const found = [...s.matchAll(detector)].map((m) => `${m.index}-${m.index + m[0].length}`);
+    if (found.length) spans.push(`${i}:${found.join(",")}`);
+  }
+  assert.deepEqual(mismatches, [], "probes whose badness differs from ftfy's");
+  assert.deepEqual(spans, ftfyFixture.probe_utf8_spans);
+  // Every pair of the characters in the heuristic's fixed sequences.
+  const lit = [...ftfyFixture.literal_pool];
+  const pairMismatches: string[] = [];
+  lit.forEach((a, i) =>
+    lit.forEach((b, j) => {
+      const want = ftfyFixture.literal_pair_badness[i * lit.length + j];
+      if (String(badness(a + b)) !== want) pairMismatches.push(JSON.stringify(a + b));
+    })
+  );
+  assert.deepEqual(pairMismatches, [], "pairs whose badness differs from ftfy's");
+  // Every triple of the characters of its three-character sequences (a digest).
+  const tri = [...ftfyFixture.triple_pool];
+  let counts = "";
+  let bad = 0;
+  for (const a of tri) {
+    for (const b of tri) {
+      for (const c of tri) {
+        const n = badness(a + b + c);
+        counts += n;
+        if (n) bad++;
+      }
+    }
+  }
+  assert.equal(bad, ftfyFixture.triple_bad_count);
+  assert.equal(await sha256(counts), ftfyFixture.triple_badness_sha256);
+  for (const [text, n] of ftfyFixture.extra_probes) {
+    assert.equal(badness(text), n, `badness(${JSON.stringify(text)})`);
+  }
+});
+
+Deno.test("fixText matches ftfy.fix_text on generated mojibake", () => {
+  const kinds = new Set<string>();
+  for (const c of ftfyFixture.mojibake) {
+    assert.equal(fixText(c.text), c.fixed, `${c.kind}: fixText(${JSON.stringify(c.text)})`);
+    kinds.add(c.kind);
+  }
+  assert.ok(kinds.size >= 20, `only ${kinds.size} kinds of mojibake`);
+});
+
+Deno.test("fixText: documented ftfy behaviours and kept quirks", () => {
+  // Examples from ftfy's documentation.
+  assert.equal(fixText("\u00e2\u0153\u201d No problems"), "\u2714 No problems");
+  assert.equal(fixText("\ufb02u\ufb03e\ufb06"), "fluffiest");
+  assert.equal(
+    fixText("\uff2c\uff2f\uff35\uff24\u3000\uff2e\uff2f\uff29\uff33\uff25\uff33"),
+    "LOUD NOISES",
+  );
+  assert.equal(fixText("voil\u00c3 le travail"), "voil\u00e0 le travail");
+  assert.equal(fixText("P&EACUTE;REZ &ntilde; &nTILDE;"), "P\u00c9REZ \u00f1 &nTILDE;");
+  // Left alone: proper UTF-8, and Latin-1 text that merely looks like mojibake.
+  for (const ok of ["na\u00efve caf\u00e9", "Le Saint-Si\u00e8ge", "IRL: \u00c2\u00c2\u00c2"]) {
+    assert.equal(fixText(ok), ok);
+  }
+  // A '<' turns HTML unescaping off for the rest of the text, not just its line.
+  assert.equal(fixText("&eacute;\n<b>\n&eacute;"), "\u00e9\n<b>\n&eacute;");
+  // Python's `$` matches before a final newline: a Java-style C0 at the line end eats the "\n".
+  assert.equal(fixText("caf\u00c3\u00a9 \u00c0\nx"), "caf\u00e9 x");
+  // Lines are fixed in pieces of at most 1,000,000 code points (not UTF-16 units): a reference
+  // cut by the boundary stays (checked with ftfy 6.3.1).
+  assert.ok(fixText("\u{1F642}".repeat(999_997) + "&EACUTE;").endsWith("\u{1F642}&EACUTE;"));
+  assert.ok(fixText("\u{1F642}".repeat(999_990) + "&EACUTE;").endsWith("\u{1F642}\u00c9"));
+  const ascii = "plain ASCII report text, 3.5 x 2 cm; no change\n\tat all";
+  assert.equal(fixText(ascii), ascii);
 });
 
 Deno.test("clipCleanText matches the Python reference on every fixture string", () => {
