@@ -2,10 +2,10 @@
  * CLIP's byte-level BPE tokenizer (OpenAI CLIP / OpenCLIP `SimpleTokenizer` behaviour).
  *
  * Pipeline of `encode(text)`:
- * 1. clean: `htmlUnescape` twice (as CLIP does), strip, collapse whitespace runs to one space,
- *    strip, lower-case. CLIP first runs `ftfy.fix_text`; that is NOT reproduced here: no mojibake
- *    repair, no NFC normalisation, no curly-quote / ligature / full-width fixing, no control-char
- *    removal. Text that ftfy would change may therefore tokenize differently from real CLIP.
+ * 1. clean (`clipCleanText`), as OpenCLIP's default "lower" clean-up: `ftfy.fix_text` (clip/ftfy.ts:
+ *    mojibake repair, HTML references, ligatures, full/half-width forms, curly quotes, line breaks,
+ *    control characters, NFC), then `html.unescape` twice (clip/html_entities.ts), strip, join
+ *    the whitespace-separated words with one space, lower-case;
  * 2. split with CLIP's pattern
  *    `<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+`
  *    (case-insensitive; characters matched by none of the alternatives, i.e. whitespace, are
@@ -20,13 +20,15 @@
  * `CLIPTokenizer` folder (`vocab.json` + `merges.txt`) is read as is, with its `<|startoftext|>` /
  * `<|endoftext|>` specials.
  *
- * Parity: checked against an independent Python reimplementation
- * (tests/fixtures/make_tokenizer_fixture.py, using the `regex` module) on tricky strings and the
- * whole TCGA report corpus. Known residual differences: the JS engine's Unicode tables (used for
- * \p{L}, \p{N} and lower-casing) may be a version older or newer than Python's, so characters
- * assigned only in the newest Unicode release may be classified differently.
+ * Parity: ids checked against OpenCLIP's own tokenizer (tests/fixtures/make_tokenizer_fixture.py)
+ * on over a hundred tricky strings (most of them ones ftfy changes) and the whole TCGA report
+ * corpus; ftfy alone against ftfy on generated mojibake (tests/fixtures/make_ftfy_fixture.py).
+ * Known residual differences: the JS engine's Unicode tables (used for \p{L}, \p{N},
+ * lower-casing and normalisation) are a newer version than Python 3.11's, so characters assigned
+ * after Unicode 14 may be classified differently; see clip/ftfy.ts for the ftfy details.
  */
 
+import { fixText, PY_SPACE } from "./ftfy.ts";
 import { htmlUnescape } from "./html_entities.ts";
 
 /** Merges used by OpenAI CLIP: 49152 vocabulary slots - 256 bytes - 2 specials. */
@@ -36,14 +38,13 @@ export const CLIP_NUM_MERGES = 49152 - 256 - 2;
 export const CLIP_CONTEXT_LENGTH = 77;
 
 /**
- * Whitespace as Python's `regex` module's `\s` sees it (differs from JS `\s`: includes U+0085,
- * excludes U+FEFF). Used for the whitespace collapse and the token pattern.
+ * Whitespace as Python's `regex` module's `\s` sees it in the token pattern (differs from JS
+ * `\s`: includes U+0085, excludes U+FEFF; unlike `str.isspace()` it excludes U+001C..U+001F).
  */
 const WS = "\\t\\n\\v\\f\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000";
-/** Python's `str.isspace()` set, used by `str.strip()`: `\s` plus U+001C..U+001F. */
-const STRIP_WS = WS + "\\x1c-\\x1f";
-const WS_RUN = new RegExp(`[${WS}]+`, "gu");
-const STRIP_RE = new RegExp(`^[${STRIP_WS}]+|[${STRIP_WS}]+$`, "gu");
+/** Runs of `str.isspace()` characters, which `str.split()` and `str.strip()` remove. */
+const WS_RUN = new RegExp(`[${PY_SPACE}]+`, "gu");
+const STRIP_RE = new RegExp(`^[${PY_SPACE}]+|[${PY_SPACE}]+$`, "gu");
 
 /**
  * The piece pattern, after lower-casing. Python's pattern is case-insensitive; on lower-cased
@@ -89,11 +90,12 @@ function pyStrip(text: string): string {
 }
 
 /**
- * CLIP's text clean-up without ftfy: `htmlUnescape` twice, strip, collapse whitespace runs to a
- * single space, strip, lower-case. Returns the text the piece pattern runs on.
+ * OpenCLIP's default text clean-up: `ftfy.fix_text`, `html.unescape` twice, strip, words split on
+ * whitespace and joined with one space (`" ".join(text.split())`), lower-case. Returns the text
+ * the piece pattern runs on.
  */
 export function clipCleanText(text: string): string {
-  const unescaped = pyStrip(htmlUnescape(htmlUnescape(text)));
+  const unescaped = pyStrip(htmlUnescape(htmlUnescape(fixText(text))));
   return pyStrip(unescaped.replace(WS_RUN, " ")).toLowerCase();
 }
 

@@ -1,9 +1,11 @@
 /**
- * Tests of clip/tokenizer.ts. Exact-match checks (tolerance: none, ids and strings must be equal)
- * against tests/fixtures/tokenizer_cases.json, written by the independent Python
- * reimplementation tests/fixtures/make_tokenizer_fixture.py. Tests that need the real CLIP merges
- * file or the report corpus (../shared/data) are ignored when it is absent; clean-up, HTML
- * unescaping, BPE mechanics and row layout are also checked without it on a tiny merges table.
+ * Tests of clip/tokenizer.ts, clip/ftfy.ts and clip/html_entities.ts. Exact-match checks
+ * (tolerance: none, ids and strings must be equal) against tests/fixtures/tokenizer_cases.json,
+ * written from OpenCLIP's own tokenizer by tests/fixtures/make_tokenizer_fixture.py, and
+ * tests/fixtures/ftfy_cases.json, written from ftfy itself by make_ftfy_fixture.py. Tests that
+ * need the real CLIP merges file or the report corpus (../shared/data) are ignored when it is
+ * absent; clean-up, ftfy, HTML unescaping, BPE mechanics and row layout are also checked without
+ * it (a tiny merges table for the BPE).
  */
 import assert from "node:assert/strict";
 import { join } from "node:path";
@@ -24,11 +26,15 @@ import { hasSharedData, SHARED_DATA } from "./data_util.ts";
 
 interface Case {
   text: string;
+  /** `ftfy.fix_text(text)`. */
+  ftfy: string;
+  /** OpenCLIP's clean-up of `text`: what the piece pattern runs on. */
   clean: string;
   ids: number[];
   decoded: string;
-  row77: number[];
-  row128: number[];
+  /** Rows without their padding zeros, present where the ids do not fit (and for 3 others). */
+  row77?: number[];
+  row128?: number[];
 }
 interface ReportCase {
   index: number;
@@ -94,6 +100,20 @@ async function readReports(): Promise<string[]> {
   const lines = (await Deno.readTextFile(CORPUS)).replace(/\r\n?/g, "\n").split("\n");
   if (lines.at(-1) === "") lines.pop();
   return lines;
+}
+
+/** A fixture row (stored without its padding zeros) padded back to `n`. */
+function padded(row: number[], n: number): number[] {
+  return [...row, ...new Array<number>(n - row.length).fill(0)];
+}
+
+/**
+ * The expected row of a case for context length n: OpenCLIP's row where the fixture has it (the
+ * ids did not fit), else `[sot] ids [eot]` padded (the fixture script checks that this holds).
+ */
+function expectedRow(c: Case, n: 77 | 128): number[] {
+  const row = n === 77 ? c.row77 : c.row128;
+  return padded(row ?? [49406, ...c.ids, 49407], n);
 }
 
 let shared: ClipTokenizer | null = null;
@@ -239,13 +259,17 @@ Deno.test("ftfy badness heuristic and UTF-8 detector match ftfy on probe strings
   }
 });
 
-Deno.test("fixText matches ftfy.fix_text on generated mojibake", () => {
+Deno.test("fixText matches ftfy.fix_text on generated mojibake and every tokenizer string", () => {
   const kinds = new Set<string>();
   for (const c of ftfyFixture.mojibake) {
     assert.equal(fixText(c.text), c.fixed, `${c.kind}: fixText(${JSON.stringify(c.text)})`);
     kinds.add(c.kind);
   }
   assert.ok(kinds.size >= 20, `only ${kinds.size} kinds of mojibake`);
+  for (const c of fixture.cases) {
+    assert.equal(fixText(c.text), c.ftfy, `fixText(${JSON.stringify(c.text)})`);
+  }
+  assert.ok(fixture.cases.filter((c) => c.ftfy !== c.text).length >= 60);
 });
 
 Deno.test("fixText: documented ftfy behaviours and kept quirks", () => {
@@ -297,8 +321,10 @@ Deno.test("tiny merges table: vocabulary layout, BPE merges, decode, rows", () =
   assert.deepEqual(tok.encode("a"), [id("a</w>")]);
   assert.deepEqual(tok.encode("lolo"), [512, id("l"), id("o</w>")]); // no "lo o</w>" merge
   assert.deepEqual(tok.encode("<start_of_text>x"), [tok.sotToken, id("x</w>")]);
-  // Space (byte 0x20) is whitespace and never a piece; bytes 0x00 -> U+0100 (id 188).
-  assert.deepEqual(tok.encode("\x00"), [188 + 256]);
+  // Space (byte 0x20) is whitespace and never a piece. Bytes outside the printable set map to
+  // U+0100.. in byte order; 0xAD (of U+00AD = C2 AD) is the last of them, id 255; "Â" is 126.
+  assert.deepEqual(tok.encode("\u00ad"), [126, 255 + 256]);
+  assert.deepEqual(tok.encode("\x00"), []); // ftfy removes control characters
   assert.equal(tok.decode(tok.encode("Lower, low lows!")), "lower , low lows ! ");
   const rows = tok.tokenize(["low low", "", "a b c d e"], 5);
   assert.deepEqual(Array.from(rows), [
@@ -383,13 +409,17 @@ Deno.test({
       const what = JSON.stringify(c.text);
       assert.deepEqual(tok.encode(c.text), c.ids, `encode(${what})`);
       assert.equal(tok.decode(c.ids), c.decoded, `decode(${what})`);
-      assert.deepEqual(Array.from(tok.tokenize(c.text, 77)), c.row77, `row77(${what})`);
-      assert.deepEqual(Array.from(tok.tokenize([c.text], 128)), c.row128, `row128(${what})`);
+      assert.deepEqual(Array.from(tok.tokenize(c.text, 77)), expectedRow(c, 77), `row77(${what})`);
+      assert.deepEqual(
+        Array.from(tok.tokenize([c.text], 128)),
+        expectedRow(c, 128),
+        `row128(${what})`,
+      );
     }
     for (const d of fixture.decode_cases) assert.equal(tok.decode(d.ids), d.text);
     // Batched rows equal the single rows, and eot positions point at eot.
     const batch = tok.tokenize(fixture.cases.map((c) => c.text), 77);
-    assert.deepEqual(Array.from(batch), fixture.cases.flatMap((c) => c.row77));
+    assert.deepEqual(Array.from(batch), fixture.cases.flatMap((c) => expectedRow(c, 77)));
     const pos = eotPositions(batch, 77);
     pos.forEach((p, r) => assert.equal(batch[r * 77 + p], tok.eotToken, `row ${r}`));
   },
@@ -414,8 +444,11 @@ Deno.test({
       const ids = fresh.encode(text);
       assert.equal(ids.length, r.n_ids, `report ${r.index} length`);
       assert.equal(await sha256(ids.join(",")), r.ids_sha256, `report ${r.index} ids`);
-      assert.deepEqual(Array.from(rows.subarray(r.index * 77, (r.index + 1) * 77)), r.row77);
-      assert.deepEqual(Array.from(fresh.tokenize(text, 128)), r.row128);
+      assert.deepEqual(
+        Array.from(rows.subarray(r.index * 77, (r.index + 1) * 77)),
+        padded(r.row77, 77),
+      );
+      assert.deepEqual(Array.from(fresh.tokenize(text, 128)), padded(r.row128, 128));
     }
     const bad: number[] = [];
     for (let i = 0; i < reports.length; i++) {
@@ -455,7 +488,11 @@ Deno.test({
       assert.equal(hf.eotToken, 49407);
       // OpenCLIP's spelling of the specials is plain text for HF, and vice versa.
       for (const c of fixture.cases.filter((c) => !/start_of_text|startoftext/.test(c.clean))) {
-        assert.deepEqual(Array.from(hf.tokenize(c.text, 77)), c.row77, JSON.stringify(c.text));
+        assert.deepEqual(
+          Array.from(hf.tokenize(c.text, 77)),
+          expectedRow(c, 77),
+          JSON.stringify(c.text),
+        );
       }
       assert.deepEqual(hf.encode("<|startoftext|>hi<|endoftext|>"), [49406, 1883, 49407]);
       assert.equal(hf.decode([49406, 1883, 49407]), "<|startoftext|>hi <|endoftext|>");
