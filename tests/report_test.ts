@@ -122,7 +122,12 @@ function fullData(): ReportData {
   return {
     title: 'Run <b>"1"</b> & more',
     subtitle: "runs/x",
-    config: { stage: "clipit", lora: { rank: 16, targets: ["q", "v"] }, note: "</table><i>" },
+    config: {
+      stage: "clipit",
+      lora: { rank: 16, targets: ["q", "v"] },
+      note: "</table><i>",
+      ratio: NaN,
+    },
     metrics: records(),
     pairingScores: [0.21, 0.25, 0.25, 0.3, NaN, 0.28, 0.22, 0.27, 0.24, 0.26],
     samples: [
@@ -269,6 +274,8 @@ Deno.test("report escapes every text and references nothing outside the page", (
   assert.ok(!html.includes("\u0000") && !html.includes("\u0007"), "control characters replaced");
   assert.ok(html.includes("tumor &amp; &lt;stroma&gt;"), "class names are escaped");
   assert.ok(html.includes("&lt;/table&gt;&lt;i&gt;"), "config values are escaped");
+  assert.ok(html.includes("<tr><th>lora.targets</th><td>[&quot;q&quot;,&quot;v&quot;]</td></tr>"));
+  assert.ok(html.includes("<tr><th>ratio</th><td>NaN</td></tr>"), "NaN option shown as NaN");
   assert.ok(!/<(link|iframe|object|embed)\b/i.test(html));
   assert.ok(!/url\(/i.test(html), "no CSS url()");
   for (const attr of ["src", "href"]) {
@@ -364,6 +371,24 @@ Deno.test("report with nothing but a title says what is not available, draws no 
   });
   assert.ok(!nan.includes("<svg"));
   assert.match(nan, /2 logged values are not finite/);
+});
+
+Deno.test("report draws 300k pairing scores and 100k logged steps (no spread into Math.min)", () => {
+  const rng = new Rng(5);
+  const scores = Array.from({ length: 300_000 }, () => rng.next());
+  const metrics: MetricsRecord[] = Array.from({ length: 100_000 }, (_, i) => ({
+    type: "train",
+    step: i + 1,
+    epoch: 0,
+    loss: 1 / (i + 1),
+    lr: 1e-3,
+  }));
+  const html = renderReport({ title: "long run", pairingScores: scores, metrics });
+  const bins = tags(html, "rect").filter((r) => r.attrs.class === "bin");
+  assert.equal(bins.reduce((s, b) => s + Number(b.attrs["data-count"]), 0), 300_000);
+  const loss = tags(html, "polyline").find((l) => l.attrs["data-series"] === "train loss")!;
+  assert.equal(loss.attrs.points.split(" ").length, 100_000);
+  assert.equal(tags(html, "circle").length, 0, "no markers on long series");
 });
 
 Deno.test("report takes the classification argument over the last test record", () => {

@@ -216,7 +216,7 @@ function flattenConfig(obj: Record<string, unknown>, prefix = ""): [string, stri
     if (v !== null && typeof v === "object" && !Array.isArray(v)) {
       rows.push(...flattenConfig(v as Record<string, unknown>, key + "."));
     } else {
-      rows.push([key, typeof v === "string" ? v : JSON.stringify(v) ?? String(v)]);
+      rows.push([key, typeof v === "object" ? JSON.stringify(v) : String(v)]);
     }
   }
   return rows;

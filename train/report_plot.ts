@@ -100,10 +100,19 @@ function px(v: number): string {
   return String(Number(v.toFixed(2)));
 }
 
+/** [min, max] of `values` (a loop: spreading 10^5+ values into Math.min overflows the stack). */
+function extent(values: number[]): [number, number] {
+  let lo = Infinity, hi = -Infinity;
+  for (const v of values) {
+    if (v < lo) lo = v;
+    if (v > hi) hi = v;
+  }
+  return [lo, hi];
+}
+
 /** The domain of `values`: nice-rounded outward when `nice`, widened when it is one value. */
 function domainOf(values: number[], nice: boolean): [number, number] {
-  let lo = Math.min(...values);
-  let hi = Math.max(...values);
+  let [lo, hi] = extent(values);
   if (lo === hi) {
     const pad = lo === 0 ? 1 : Math.abs(lo) * 0.1;
     lo -= pad;
@@ -246,7 +255,7 @@ export interface HistogramBins {
 
 /** Equal-width bins over [min, max] of finite `values` (widened when they are all equal). */
 export function histogramBins(values: number[], bins: number): HistogramBins {
-  let lo = Math.min(...values), hi = Math.max(...values);
+  let [lo, hi] = extent(values);
   if (lo === hi) {
     lo -= 0.01;
     hi += 0.01;
@@ -269,7 +278,7 @@ export function histogramSvg(
   const width = opts.width ?? 540, height = opts.height ?? 320;
   const bins = opts.bins ?? Math.min(40, Math.max(5, Math.ceil(Math.sqrt(values.length))));
   const h = histogramBins(values, bins);
-  const maxCount = Math.max(...h.counts);
+  const maxCount = extent(h.counts)[1];
   const f = frame(
     [h.edges[0], h.edges[bins]],
     domainOf([0, maxCount], true),
