@@ -143,9 +143,9 @@ export class CrossAttention extends Module {
   /** Heads. */
   readonly numHeads: number;
   /** Whether q, k and v share the packed `in_proj_weight` (kv = d). */
-  readonly _packed: boolean;
+  readonly #packed: boolean;
   /** LoRA slots of the q, k and v projections. */
-  readonly _slots: { q: ProjSlot; k: ProjSlot; v: ProjSlot };
+  readonly #slots: { q: ProjSlot; k: ProjSlot; v: ProjSlot };
   /** Parameter `in_proj_bias` [3d]. */
   in_proj_bias: Tensor;
   /** Child `out_proj`. */
@@ -158,11 +158,11 @@ export class CrossAttention extends Module {
     this.numHeads = numHeads;
     const init = (rows: number, cols: number) =>
       randn([rows, cols], { rng, std: Math.sqrt(2 / (rows + cols)) });
-    this._packed = kv === d;
-    if (this._packed) {
+    this.#packed = kv === d;
+    if (this.#packed) {
       const w = this.param("in_proj_weight", init(3 * d, d));
       const part = (i: number) => () => slice(w, 0, i * d, d);
-      this._slots = {
+      this.#slots = {
         q: new ProjSlot(part(0), d, d),
         k: new ProjSlot(part(1), d, d),
         v: new ProjSlot(part(2), d, d),
@@ -171,7 +171,7 @@ export class CrossAttention extends Module {
       const q = this.param("q_proj_weight", init(d, d));
       const k = this.param("k_proj_weight", init(d, kv));
       const v = this.param("v_proj_weight", init(d, kv));
-      this._slots = {
+      this.#slots = {
         q: new ProjSlot(() => q, d, d),
         k: new ProjSlot(() => k, kv, d),
         v: new ProjSlot(() => v, kv, d),
@@ -187,9 +187,9 @@ export class CrossAttention extends Module {
     const H = this.numHeads, hd = d / H;
     const b = (i: number) => slice(this.in_proj_bias, 0, i * d, d);
     const split = (t: Tensor, T: number) => permute(reshape(t, [B, T, H, hd]), [0, 2, 1, 3]);
-    const Q = split(this._slots.q.apply(q, b(0)), Tq);
-    const K = split(this._slots.k.apply(kv, b(1)), Tk);
-    const V = split(this._slots.v.apply(kv, b(2)), Tk);
+    const Q = split(this.#slots.q.apply(q, b(0)), Tq);
+    const K = split(this.#slots.k.apply(kv, b(1)), Tk);
+    const V = split(this.#slots.v.apply(kv, b(2)), Tk);
     const o = attention(Q, K, V);
     return this.out_proj.forward(reshape(permute(o, [0, 2, 1, 3]), [B, Tq, d]));
   }
@@ -201,9 +201,9 @@ export class CrossAttention extends Module {
    */
   loraSites(prefix: string): LoraSite[] {
     const out = linearSite(`${prefix}.out_proj`, this.out_proj);
-    if (this._packed) return [out];
+    if (this.#packed) return [out];
     const slot = (n: "q" | "k" | "v"): LoraSite => {
-      const s = this._slots[n];
+      const s = this.#slots[n];
       return {
         name: `${prefix}.${n}_proj`,
         kind: "linear",

@@ -25,7 +25,7 @@ import { type PlannedTensor, planTimmTensors, writePlanned } from "./timm_load.t
 type Json = Record<string, unknown>;
 
 /** The numbers of CONCH's `conch_ViT-B-16.json` (the released model). */
-export const CONCH_VIT_B16: Readonly<Json> = Object.freeze({
+export const CONCH_VIT_B16: Readonly<Record<string, unknown>> = Object.freeze({
   embed_dim: 512,
   embed_dim_caption: 768,
   vision_cfg: {

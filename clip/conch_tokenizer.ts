@@ -83,13 +83,15 @@ interface AddedToken {
   content: string;
 }
 
-/** An encoding step that adds special tokens around the sequence. */
-interface Template {
+/** The special tokens a post-processor puts around a sequence. */
+export interface BpeTemplate {
+  /** Ids before the sequence. */
   before: number[];
+  /** Ids after the sequence. */
   after: number[];
 }
 
-function templateOf(spec: unknown, where: string): Template {
+function templateOf(spec: unknown, where: string): BpeTemplate {
   if (spec === null || spec === undefined) return { before: [], after: [] };
   const p = spec as Json;
   if (p.type === "ByteLevel") return { before: [], after: [] }; // offsets only
@@ -97,7 +99,7 @@ function templateOf(spec: unknown, where: string): Template {
     throw new Error(`${where}: post_processor "${String(p.type)}" is not supported`);
   }
   const specials = (p.special_tokens ?? {}) as Record<string, { ids: number[] }>;
-  const t: Template = { before: [], after: [] };
+  const t: BpeTemplate = { before: [], after: [] };
   let seenSequence = false;
   for (const item of p.single as Json[]) {
     if ("Sequence" in item) {
@@ -124,7 +126,7 @@ export class ByteLevelBpeTokenizer {
   /** Added tokens by content. */
   readonly added: ReadonlyMap<string, number>;
   /** Special tokens the post-processor puts before / after the sequence. */
-  readonly template: Template;
+  readonly template: BpeTemplate;
   readonly #ranks = new Map<string, number>();
   readonly #normalize: Normalizer;
   readonly #prefixSpace: boolean;

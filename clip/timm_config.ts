@@ -9,8 +9,7 @@
  *   derives from it (`num_classes`, and `img_size` when `fixed_input_size`), exactly in timm's
  *   order of precedence (`_parse_model_cfg`, `resolve_pretrained_cfg`,
  *   `_update_default_model_kwargs`);
- * - built-in entries for the CLIP-IT paper's models ({@link TIMM_BUILTINS}: UNI, DINOv2 ViT-L/14
- *   with registers, kaiko.ai's ViT-S/8, S/16, B/8, B/16 and L/14, ImageNet ViT-B/16).
+ * - built-in entries for the CLIP-IT paper's models (clip/timm_models.ts).
  *
  * Only the plain ViT of timm is supported (LayerNorm, GELU or QuickGELU MLP, learned absolute
  * position embedding); options this engine does not implement (qk_norm, attention pooling "map",
@@ -19,7 +18,7 @@
  */
 
 /** A parsed JSON object. */
-type Json = Record<string, unknown>;
+export type Json = Record<string, unknown>;
 
 /** How the token sequence is reduced to one feature vector (timm's `global_pool`). */
 export type TimmGlobalPool = "token" | "avg" | "max" | "avgmax";
@@ -105,14 +104,25 @@ export interface TimmArchitecture {
    * `fixed_input_size`, `interpolation`, `crop_pct`, `mean`, `std`, `num_classes`): what
    * `timm.create_model(name)` builds with when no config says otherwise.
    */
-  defaultCfg: Readonly<Json>;
+  defaultCfg: Readonly<Record<string, unknown>>;
 }
 
-const INCEPTION = { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] };
-const IMAGENET = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+/** timm's IMAGENET_INCEPTION_MEAN / _STD (0.5), as a pretrained_cfg fragment. */
+export const INCEPTION_NORM: Readonly<Json> = { mean: [0.5, 0.5, 0.5], std: [0.5, 0.5, 0.5] };
+/** timm's IMAGENET_DEFAULT_MEAN / _STD, as a pretrained_cfg fragment. */
+export const IMAGENET_NORM: Readonly<Json> = {
+  mean: [0.485, 0.456, 0.406],
+  std: [0.229, 0.224, 0.225],
+};
 
 /** A default pretrained config: fixed input size, bicubic (as every ViT tag here). */
-function tagCfg(tag: string, size: number, cropPct: number, norm: Json, numClasses: number): Json {
+function tagCfg(
+  tag: string,
+  size: number,
+  cropPct: number,
+  norm: Readonly<Json>,
+  numClasses: number,
+): Json {
   return {
     tag,
     input_size: [3, size, size],
@@ -136,7 +146,7 @@ const VIT = (
   embedDim,
   depth,
   numHeads,
-  defaultCfg: tagCfg(tag, 224, 0.9, INCEPTION, numClasses),
+  defaultCfg: tagCfg(tag, 224, 0.9, INCEPTION_NORM, numClasses),
 });
 const DINOV2 = (embedDim: number, numHeads: number, depth: number, reg: boolean) => ({
   patchSize: 14,
@@ -145,7 +155,7 @@ const DINOV2 = (embedDim: number, numHeads: number, depth: number, reg: boolean)
   numHeads,
   initValues: 1e-5,
   ...(reg ? { regTokens: 4, noEmbedClass: true } : {}),
-  defaultCfg: tagCfg("lvd142m", 518, 1.0, IMAGENET, 0),
+  defaultCfg: tagCfg("lvd142m", 518, 1.0, IMAGENET_NORM, 0),
 });
 
 /**
@@ -159,7 +169,7 @@ export const TIMM_ARCHITECTURES: Readonly<Record<string, TimmArchitecture>> = Ob
   vit_small_patch16_224: VIT(16, 384, 12, 6),
   vit_small_patch8_224: {
     ...VIT(8, 384, 12, 6),
-    defaultCfg: tagCfg("dino", 224, 0.9, IMAGENET, 0),
+    defaultCfg: tagCfg("dino", 224, 0.9, IMAGENET_NORM, 0),
   },
   vit_small_patch32_224: VIT(32, 384, 12, 6),
   vit_base_patch16_224: VIT(16, 768, 12, 12, "augreg2_in21k_ft_in1k"),
@@ -492,136 +502,4 @@ export async function loadTimmConfigFile(path: string): Promise<TimmVitConfig> {
     throw new Error(`${path}: not valid JSON (${(e as Error).message})`);
   }
   return parseTimmConfig(json, path);
-}
-
-/** A built-in model: its timm config.json contents and where its weights come from. */
-export interface TimmBuiltin {
-  /** The hub `config.json` equivalent. */
-  config: Json;
-  /** Where to get the weights (for messages and the README). */
-  weights: string;
-}
-
-const HALF = INCEPTION;
-
-function kaiko(architecture: string, file: string): TimmBuiltin {
-  // kaiko.ai's hubconf.py: create_model(arch, dynamic_img_size=True, num_classes=0); its README
-  // preprocessing: Resize(224) (torchvision: bilinear), CenterCrop(224), mean = std = 0.5.
-  return {
-    config: {
-      architecture,
-      model_args: { dynamic_img_size: true, num_classes: 0 },
-      pretrained_cfg: {
-        input_size: [3, 224, 224],
-        interpolation: "bilinear",
-        crop_pct: 1.0,
-        ...HALF,
-        num_classes: 0,
-      },
-    },
-    weights: `github.com/kaiko-ai/towards_large_pathology_fms releases 0.0.1: ${file}`,
-  };
-}
-
-/**
- * The CLIP-IT paper's image models, as the `config.json` their hub repositories carry (or, for
- * kaiko.ai's torch-hub models, what their `hubconf.py` builds).
- */
-export const TIMM_BUILTINS: Readonly<Record<string, TimmBuiltin>> = Object.freeze({
-  // MahmoodLab/UNI (gated): the model card builds vit_large_patch16_224 with img_size=224,
-  // patch_size=16, init_values=1e-5, num_classes=0, dynamic_img_size=True and normalises with
-  // the ImageNet mean/std after Resize(224) (torchvision's default, bilinear).
-  "uni": {
-    config: {
-      architecture: "vit_large_patch16_224",
-      model_args: {
-        img_size: 224,
-        patch_size: 16,
-        init_values: 1e-5,
-        num_classes: 0,
-        dynamic_img_size: true,
-      },
-      pretrained_cfg: {
-        input_size: [3, 224, 224],
-        interpolation: "bilinear",
-        crop_pct: 1.0,
-        ...IMAGENET,
-        num_classes: 0,
-      },
-    },
-    weights: "huggingface.co/MahmoodLab/UNI (gated): pytorch_model.bin",
-  },
-  // timm/vit_large_patch14_reg4_dinov2.lvd142m: 518 px, bicubic, crop_pct 1, ImageNet mean/std.
-  "dinov2-vitl14-reg4": {
-    config: {
-      architecture: "vit_large_patch14_reg4_dinov2",
-      num_classes: 0,
-      pretrained_cfg: {
-        input_size: [3, 518, 518],
-        fixed_input_size: true,
-        interpolation: "bicubic",
-        crop_pct: 1.0,
-        ...IMAGENET,
-        num_classes: 0,
-      },
-    },
-    weights: "huggingface.co/timm/vit_large_patch14_reg4_dinov2.lvd142m: model.safetensors",
-  },
-  "kaiko-vits8": kaiko("vit_small_patch8_224", "vits8.pth"),
-  "kaiko-vits16": kaiko("vit_small_patch16_224", "vits16.pth"),
-  "kaiko-vitb8": kaiko("vit_base_patch8_224", "vitb8.pth"),
-  "kaiko-vitb16": kaiko("vit_base_patch16_224", "vitb16.pth"),
-  // kaiko.ai's ViT-L/14 is a DINOv2-format checkpoint for vit_large_patch14_reg4_dinov2 at 518.
-  "kaiko-vitl14": {
-    config: {
-      architecture: "vit_large_patch14_reg4_dinov2",
-      pretrained_cfg: {
-        input_size: [3, 518, 518],
-        fixed_input_size: true,
-        interpolation: "bilinear",
-        crop_pct: 1.0,
-        ...HALF,
-        num_classes: 0,
-      },
-    },
-    weights: "github.com/kaiko-ai/towards_large_pathology_fms releases 0.0.1: vitl14.pth",
-  },
-  // timm/vit_base_patch16_224.augreg2_in21k_ft_in1k (timm's default tag for the architecture).
-  "vit-b16-imagenet": {
-    config: {
-      architecture: "vit_base_patch16_224",
-      num_classes: 1000,
-      pretrained_cfg: {
-        input_size: [3, 224, 224],
-        fixed_input_size: true,
-        interpolation: "bicubic",
-        crop_pct: 0.9,
-        ...HALF,
-        num_classes: 1000,
-      },
-    },
-    weights: "huggingface.co/timm/vit_base_patch16_224.augreg2_in21k_ft_in1k: model.safetensors",
-  },
-});
-
-/** The config of a built-in model by name; throws listing the names for an unknown one. */
-export function timmBuiltin(name: string): TimmVitConfig {
-  const b = TIMM_BUILTINS[name];
-  if (!b) {
-    throw new Error(
-      `unknown timm model "${name}" (built-in: ${Object.keys(TIMM_BUILTINS).join(", ")})`,
-    );
-  }
-  return parseTimmConfig(structuredClone(b.config), name);
-}
-
-/**
- * A config from a built-in name, a timm architecture name (built as `timm.create_model(name)`
- * does, with its default tag's pretrained config), or a path to a `config.json`.
- */
-export async function resolveTimmConfig(spec: string): Promise<TimmVitConfig> {
-  if (TIMM_BUILTINS[spec]) return timmBuiltin(spec);
-  const arch = TIMM_ARCHITECTURES[spec];
-  if (arch) return timmConfigFrom(spec, {}, { ...arch.defaultCfg }, spec);
-  return await loadTimmConfigFile(spec);
 }

@@ -16,7 +16,8 @@ import type { Module } from "../nn/module.ts";
 import { type GridInterpolation, resampleGrid } from "./interpolate.ts";
 import { openTensorSource, type TensorSource } from "./load.ts";
 import { loraStateDict } from "./lora.ts";
-import { loadTimmConfigFile, resolveTimmConfig, type TimmVitConfig } from "./timm_config.ts";
+import { loadTimmConfigFile, type TimmVitConfig } from "./timm_config.ts";
+import { resolveTimmConfig } from "./timm_models.ts";
 import { TimmVisionTransformer, type TimmVitOptions } from "./timm_vit.ts";
 
 /** One model tensor to fill: its name, its shape, and how to read its values. */

@@ -17,12 +17,10 @@ import { applyLora, loadLoraStateDict, mergeLora } from "../clip/lora.ts";
 import {
   loadTimmConfigFile,
   parseTimmConfig,
-  resolveTimmConfig,
   TIMM_ARCHITECTURES,
-  TIMM_BUILTINS,
-  timmBuiltin,
   type TimmVitConfig,
 } from "../clip/timm_config.ts";
+import { resolveTimmConfig, TIMM_BUILTINS, timmBuiltin } from "../clip/timm_models.ts";
 import { loadTimm, loadTimmWeights } from "../clip/timm_load.ts";
 import { TimmVisionTransformer } from "../clip/timm_vit.ts";
 import { assertClose, gpuTest } from "./util.ts";
