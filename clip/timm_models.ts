@@ -9,7 +9,6 @@
 import {
   IMAGENET_NORM,
   INCEPTION_NORM,
-  type Json,
   loadTimmConfigFile,
   parseTimmConfig,
   TIMM_ARCHITECTURES,
