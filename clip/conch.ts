@@ -24,6 +24,7 @@
  * The captioning parts (`visual.attn_pool_caption`, `visual.ln_caption`, `text_decoder`) are not
  * built; the loader skips their tensors.
  */
+import { isGradEnabled } from "../nn/autograd.ts";
 import { Embedding, type LayerAdapter, LayerNorm, Linear } from "../nn/layers.ts";
 import { Module } from "../nn/module.ts";
 import { attention } from "../nn/ops/attention.ts";
@@ -31,7 +32,7 @@ import { add, scale } from "../nn/ops/elementwise.ts";
 import { matmul } from "../nn/ops/matmul.ts";
 import { softmax } from "../nn/ops/nn.ts";
 import { broadcastTo, concat, permute, reshape, slice } from "../nn/ops/shape.ts";
-import { full, randn, Rng, type Tensor, tensor } from "../nn/tensor.ts";
+import { full, randn, Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import type { ImageBackbone, TextEncoder } from "./backbone.ts";
 import type { LoraHost, LoraSite } from "./lora.ts";
 import type { TimmVitConfig } from "./timm_config.ts";
@@ -381,7 +382,19 @@ export class ConchText extends Module {
     const cls = broadcastTo(reshape(clsPos, [1, 1, W]), [M, 1, W]);
     let x = concat([textPart, cls], 1); // [M, T + 1, W]
     const clsMask = tensor(mask, [M, 1, 1, T + 1]);
-    for (const blk of this.transformer.resblocks) x = textBlock(blk, x, clsMask);
+    for (const blk of this.transformer.resblocks) {
+      // Without gradients, free each block's intermediates as soon as it is done (a batch of
+      // reports is ~20 activations of [M, 129, 768] per block), as the CLIP towers do.
+      const inference = !isGradEnabled() ||
+        (!x.requiresGrad && blk.trainableParameters().length === 0);
+      if (!inference) {
+        x = textBlock(blk, x, clsMask);
+        continue;
+      }
+      const prev = x;
+      x = tidy(() => textBlock(blk, prev, clsMask));
+      prev.dispose();
+    }
     const pooled = this.ln_final.forward(reshape(slice(x, 1, T, 1), [M, W]));
     const y = matmul(pooled, this.text_projection);
     return this._projAdapter ? this._projAdapter.adapt(pooled, y) : y;

@@ -47,6 +47,7 @@ function byteCharTable(): string[] {
   return table;
 }
 const BYTE_CHARS = byteCharTable();
+const UTF8 = new TextEncoder();
 
 type Normalizer = (s: string) => string;
 
@@ -247,10 +248,9 @@ export class ByteLevelBpeTokenizer {
     if (s.length === 0) return;
     if (this.#prefixSpace && !s.startsWith(" ")) s = " " + s;
     const parts = this.#useRegex ? s.match(GPT2_PATTERN) ?? [] : [s];
-    const enc = new TextEncoder();
     for (const part of parts) {
       let chars = "";
-      for (const b of enc.encode(part)) chars += BYTE_CHARS[b];
+      for (const b of UTF8.encode(part)) chars += BYTE_CHARS[b];
       out.push(...this.#bpe(chars));
     }
   }
