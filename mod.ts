@@ -110,6 +110,58 @@ export {
 } from "./clip/backbone.ts";
 export { loadClip, type LoadClipOptions, saveClip } from "./clip/load.ts";
 export {
+  loadTimmConfigFile,
+  parseTimmConfig,
+  TIMM_ARCHITECTURES,
+  type TimmArchitecture,
+  type TimmGlobalPool,
+  type TimmVitConfig,
+} from "./clip/timm_config.ts";
+export {
+  resolveTimmConfig,
+  TIMM_BUILTINS,
+  type TimmBuiltin,
+  timmBuiltin,
+} from "./clip/timm_models.ts";
+export {
+  LayerScale,
+  PatchProjection,
+  TimmAttention,
+  TimmBlock,
+  TimmMlp,
+  TimmPatchEmbed,
+  TimmVisionTransformer,
+  type TimmVitOptions,
+} from "./clip/timm_vit.ts";
+export {
+  loadTimm,
+  type LoadTimmOptions,
+  loadTimmWeights,
+  type TimmLoadReport,
+  type TimmPlanOptions,
+} from "./clip/timm_load.ts";
+export { type GridInterpolation, interpolationMatrix, resampleGrid } from "./clip/interpolate.ts";
+export {
+  AttentionalPooler,
+  type ConchConfig,
+  ConchImageBackbone,
+  ConchModel,
+  ConchText,
+  ConchTextEncoder,
+  ConchVisual,
+  CrossAttention,
+} from "./clip/conch.ts";
+export {
+  CONCH_VIT_B16,
+  conchBuiltin,
+  type ConchLoadReport,
+  loadConch,
+  loadConchWeights,
+  parseConchConfig,
+  resolveConchConfig,
+} from "./clip/conch_load.ts";
+export { type BpeTemplate, ByteLevelBpeTokenizer, ConchTokenizer } from "./clip/conch_tokenizer.ts";
+export {
   centerCrop,
   IMAGENET_MEAN,
   IMAGENET_STD,
