@@ -3,9 +3,10 @@
  * mirror of the mask, determinism, gradient, identity cases).
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
-import { crossEntropyRef, ROW_CASES, ROW_LAUNCHES } from "./ref_nn_ops.ts";
+import { crossEntropyRef } from "../kernels/cross_entropy_ref.ts";
+import { ROW_CASES, ROW_LAUNCHES } from "./util.ts";
 import { crossEntropyBackward, crossEntropyForward } from "../kernels/cross_entropy.ts";
-import { dropoutKeep } from "../kernels/dropout.ts";
+import { dropoutKeep } from "../kernels/dropout_ref.ts";
 import { backward } from "../nn/autograd.ts";
 import { empty, ones, Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import { crossEntropy, dropout } from "../nn/ops/nn.ts";

@@ -137,3 +137,19 @@ export async function gradCheck(
   });
   assertClose(got, numeric, tol, "gradient vs finite differences");
 }
+
+/**
+ * Launch shapes every row kernel is tested under, whatever this adapter would pick: lane mode
+ * (one invocation per row) and groups of 8 / 32 / 256 invocations per row, with the row cached
+ * in registers or streamed (maxFloats 0).
+ */
+export const ROW_LAUNCHES: { threads: number; maxFloats?: number }[] = [
+  { threads: 1 },
+  { threads: 1, maxFloats: 0 },
+  { threads: 8 },
+  { threads: 32, maxFloats: 0 },
+  { threads: 256 },
+];
+
+/** [rows, n] for {@link ROW_LAUNCHES}: odd, vec4 and scalar rows, partial row groups. */
+export const ROW_CASES: [number, number][] = [[3, 33], [20, 7], [70, 129], [5, 1000]];
