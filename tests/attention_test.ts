@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { poolStats, sizeClass } from "../kernels/runtime.ts";
-import { setAttentionTiles, sharedTiles, type TileMode } from "../kernels/attention.ts";
+import { attentionTileMode, type TileMode } from "../kernels/attention.ts";
 import { backward } from "../nn/autograd.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import { mul, sum } from "../nn/ops/index.ts";
@@ -79,21 +79,20 @@ for (const [n, c] of CASES.entries()) {
     // lanes-along-queries forward (CPU adapters, D % 4 == 0; other D fall back to direct).
     // On a CPU adapter the shared path is only checked for D = 7 and 16 (scalar and vec4 rows):
     // Mesa's GL compiler takes seconds to a minute (cold cache) per shared-tile kernel.
-    const both = sharedTiles() || c.D === 7 || c.D === 16;
+    const both = attentionTileMode() === "shared" || c.D === 7 || c.D === 16;
     const modes: TileMode[] = both ? ["shared", "direct"] : ["direct"];
     if (c.D % 4 === 0) modes.push("blocked");
     for (const mode of modes) {
-      const old = setAttentionTiles(mode);
-      try {
-        const [o, dq, dk, dv] = await runGpu(c, x);
-        const l = `${name(c)} ${mode}`;
-        assertClose(o, ref.o, FWD, `O ${l}`);
-        assertClose(dq, ref.dq, BWD, `dQ ${l}`);
-        assertClose(dk, ref.dk, BWD, `dK ${l}`);
-        assertClose(dv, ref.dv, BWD, `dV ${l}`);
-      } finally {
-        setAttentionTiles(old);
-      }
+      const [o, dq, dk, dv] = await runGpu(
+        c,
+        x,
+        (q, k, v, o) => attention(q, k, v, { ...o, tiles: mode }),
+      );
+      const l = `${name(c)} ${mode}`;
+      assertClose(o, ref.o, FWD, `O ${l}`);
+      assertClose(dq, ref.dq, BWD, `dQ ${l}`);
+      assertClose(dk, ref.dk, BWD, `dK ${l}`);
+      assertClose(dv, ref.dv, BWD, `dV ${l}`);
     }
   });
 }

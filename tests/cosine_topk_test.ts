@@ -9,6 +9,7 @@ import { cosineTopK, type TopK } from "../nn/retrieval.ts";
 import { tensor } from "../nn/tensor.ts";
 import { gpuTest, randArray } from "./util.ts";
 import { cosineRef } from "../kernels/cosine_topk_ref.ts";
+import { gpu } from "../kernels/device.ts";
 
 /**
  * Check a result: scores sorted best first, each score the true cosine of its index (tolerance
@@ -103,11 +104,14 @@ gpuTest("cosineTopK: tensors over the buffer limit are copied in row ranges", as
 gpuTest("cosineTopK: the workgroup-memory matmul gives the same result", async () => {
   const d = 64, N = 40, M = 257;
   const Q = randArray(N * d, 8), K = randArray(M * d, 9);
-  Deno.env.set("CLIPIT_MATMUL_KIND", "shared");
+  // The device's tuning is what every launch without an explicit tile reads.
+  const { tuning } = gpu();
+  const old = tuning.matmulKind;
+  tuning.matmulKind = "shared";
   try {
     verify(await cosineTopK(Q, K, 12, { dim: d }), cosineRef(Q, K, d), 12, "shared kernel");
   } finally {
-    Deno.env.delete("CLIPIT_MATMUL_KIND");
+    tuning.matmulKind = old;
   }
 });
 
