@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { backward } from "../nn/autograd.ts";
-import { sizeClass } from "../kernels/runtime.ts";
+import { counters, sizeClass, sync } from "../kernels/runtime.ts";
 import { Rng, tensor, tidy } from "../nn/tensor.ts";
 import { mul, sum } from "../nn/ops/index.ts";
 import { embedding } from "../nn/ops/embedding.ts";
@@ -84,6 +84,42 @@ gpuTest("embedding gradCheck (finite differences)", async () => {
   const ids = tensor(Int32Array.from([0, 3, 3, 1, 4, 0, 6]), [7]);
   await gradCheck(([w]) => embedding(w, ids), [{ data: randArray(7 * 5, 8), shape: [7, 5] }]);
   ids.dispose();
+});
+
+gpuTest("embedding: out-of-range ids are refused at the next readback, naming the id", async () => {
+  const V = 37, D = 5;
+  const w = tensor(randArray(V * D, 9), [V, D]);
+  w.name = "token_embedding.weight";
+  const ok = tensor(Int32Array.from([0, 36, 5]), [3]);
+  await ok.toArray(); // uploads submitted
+  // One bad id among good ones: recording costs no readback and no error yet.
+  const r0 = counters.readbacks;
+  const y = embedding(w, tensor(Int32Array.from([3, 50000, 1]), [1, 3]));
+  assert.equal(counters.readbacks, r0, "the check costs no readback of its own");
+  await assert.rejects(
+    () => y.toArray(),
+    (e: Error) =>
+      e instanceof RangeError &&
+      /^embedding: id 50000 not in \[0, 37\) \(ids \[1,3\] into token_embedding.weight \[37, 5\]\)$/
+        .test(e.message),
+  );
+  // Reported once: the next readback of anything succeeds, and good ids keep working.
+  assertClose(await embedding(w, ok).toArray(), embeddingRef(await w.toArray(), V, D, [0, 36, 5]), {
+    atol: 0,
+  });
+  // Several bad ids: the largest one too big is named, with the count and the range.
+  const many = embedding(w, tensor(Int32Array.from([-1, 40, 2, -7, 38, 37]), [6]));
+  await assert.rejects(
+    () => many.toArray(),
+    /id 40 not in \[0, 37\).*5 of 6 ids out of range, from -7 to 40/,
+  );
+  // Only negative ids: the most negative is named. Any readback reports it, and so does sync().
+  embedding(w, tensor(Int32Array.from([-3, -2]), [2]));
+  await assert.rejects(() => ok.toArray(), /embedding: id -3 not in \[0, 37\)/);
+  embedding(w, tensor(Int32Array.from([37]), [1]));
+  await assert.rejects(() => sync(), /embedding: id 37 not in \[0, 37\)/);
+  await sync(); // cleared
+  for (const t of [w, ok, y, many]) t.dispose();
 });
 
 gpuTest("embedding rejects bad inputs", () => {
