@@ -30,7 +30,7 @@ export function crossEntropyRef(
     let l = 0;
     for (let c = 0; c < C; c++) {
       const t = (c === lab ? 1 - smooth : 0) + smooth / C;
-      l -= t * lp[r * C + c];
+      if (t !== 0) l -= t * lp[r * C + c]; // a -inf log-probability with no weight adds nothing
       if (gRow) dx[r * C + c] = gRow[r] * (Math.exp(lp[r * C + c]) - t);
     }
     loss[r] = l;

@@ -167,6 +167,43 @@ for (const maxNorm of [0.5, 1e4]) {
   });
 }
 
+gpuTest(
+  "optim: clipGradNorm with a NaN, Inf or overflowing gradient: NaN norm, nothing scaled",
+  async () => {
+    const base = randArray(300, 40, -0.2, 0.2);
+    const cases: [string, (g: Float32Array) => void][] = [
+      ["NaN", (g) => (g[17] = NaN)],
+      ["+Inf", (g) => (g[250] = Infinity)],
+      ["-Inf", (g) => (g[0] = -Infinity)],
+      // Squares overflow f32 although every value is finite (float64 would not overflow).
+      ["overflow", (g) => g.fill(1e30, 100, 110)],
+    ];
+    for (const [what, poison] of cases) {
+      const bad = Float32Array.from(base);
+      poison(bad);
+      const grads = [randArray(7, 41), bad];
+      const params = grads.map((g) =>
+        tensor(new Float32Array(g.length), [g.length], { requiresGrad: true })
+      );
+      params.forEach((p, i) => (p.grad = tensor(grads[i])));
+      const before = await Promise.all(params.map((p) => p.toArray()));
+      const norm = clipGradNorm(params, 0.5);
+      assert.ok(Number.isNaN(await norm.item()), `${what}: the norm is NaN`);
+      for (let i = 0; i < params.length; i++) {
+        assert.deepEqual(
+          await params[i].grad!.toArray(),
+          grads[i],
+          `${what}: gradient ${i} untouched`,
+        );
+        assert.deepEqual(await params[i].toArray(), before[i], `${what}: parameter ${i} untouched`);
+      }
+      if (what !== "overflow") assert.ok(Number.isNaN(clipGradNormRef(grads, 0.5).norm));
+      norm.dispose();
+      params.forEach((p) => p.dispose());
+    }
+  },
+);
+
 gpuTest("optim: clipGradNorm with no gradients returns 0 (exact)", async () => {
   const p = tensor([3], [1], { requiresGrad: true });
   const n = clipGradNorm([p], 1);

@@ -35,7 +35,10 @@ export interface Tol {
   rtol?: number;
 }
 
-/** Assert two arrays agree within `tol`; the message names the worst element. */
+/**
+ * Assert two arrays agree within `tol`; the message names the worst element. Where `expected` is
+ * NaN or +-Infinity, `actual` must be the same (NaN where NaN, the same infinity).
+ */
 export function assertClose(
   actual: ArrayLike<number>,
   expected: ArrayLike<number>,
@@ -47,6 +50,7 @@ export function assertClose(
   }
   let worst = -1, worstExcess = 0;
   for (let i = 0; i < actual.length; i++) {
+    if (!Number.isFinite(expected[i]) && Object.is(actual[i], expected[i])) continue;
     const lim = tol.atol + (tol.rtol ?? 0) * Math.abs(expected[i]);
     const err = Math.abs(actual[i] - expected[i]);
     if (!(err <= lim) && (worst < 0 || err - lim > worstExcess || Number.isNaN(err))) {
