@@ -7,7 +7,7 @@ import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { counters, dispatch, flush, poolStats } from "../kernels/runtime.ts";
 import { init, NoAdapterError } from "../kernels/device.ts";
 import { backward, detach, noGrad } from "../nn/autograd.ts";
-import { empty, keep, randn, tensor, tidy } from "../nn/tensor.ts";
+import { empty, keep, randn, type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import {
   add,
   broadcastTo,
@@ -51,14 +51,47 @@ gpuTest("tensor: creation, toArray, reshape view, dispose errors", async () => {
   r.dispose();
   assert.throws(() => add(t, t), /used after dispose/);
   assert.throws(() => tensor([1, 2, 3], [2, 2]), /3 values do not fill shape \[2,2\]/);
-  const ids = tensor(new Int32Array([3, -1, 7]));
+  const ids = tensor(new Int32Array([3, -1, 7, 2 ** 31 - 1]));
   assert.equal(ids.dtype, "int32");
-  assert.deepEqual([...await ids.toInt32Array()], [3, -1, 7]);
+  assert.deepEqual([...await ids.toInt32Array()], [3, -1, 7, 2 ** 31 - 1]);
+  // toArray() gives each dtype its own array type: int32 stays exact (2^31 - 1 is not a float).
+  const arr = await ids.toArray();
+  assert.ok(arr instanceof Int32Array, "toArray() of an int32 tensor is an Int32Array");
+  assert.deepEqual([...arr], [3, -1, 7, 2 ** 31 - 1]);
+  assert.ok((await tensor([1.5]).toArray()) instanceof Float32Array);
+  await assert.rejects(() => ids.toFloat32Array(), /toFloat32Array\(\) on Tensor/);
   ids.dispose();
 });
 
+gpuTest(
+  "tidy keeps the tensors it returns inside arrays, objects, Maps (keys and values), Sets",
+  () => {
+    const before = poolStats().inUseBytes;
+    const out = tidy(() => {
+      const scratch = tensor([9, 9]);
+      void scratch;
+      const k = tensor([1]), v = tensor([2]), s = tensor([3]), nested = tensor([4]);
+      return {
+        map: new Map<Tensor | string, Tensor | Map<string, Tensor>>([
+          [k, v],
+          ["inner", new Map([["t", nested]])],
+        ]),
+        set: new Set([s]),
+      };
+    });
+    const map = out.map as Map<Tensor | string, Tensor | Map<string, Tensor>>;
+    const [k, v] = [...map.entries()][0] as [Tensor, Tensor];
+    const nested = (map.get("inner") as Map<string, Tensor>).get("t")!;
+    const s = [...out.set][0];
+    for (const t of [k, v, nested, s]) assert.ok(!t.disposed, `${t} survived`);
+    // Only the scratch tensor was released: four survivors of one 256-byte size class each.
+    assert.equal(poolStats().inUseBytes - before, 4 * 256);
+    for (const t of [k, v, nested, s]) t.dispose();
+  },
+);
+
 gpuTest("tensor: seeded randn/rand are deterministic and have the right moments", async () => {
-  const a = await randn([4001], { seed: 3 }).toArray();
+  const a = await randn([4001], { seed: 3 }).toFloat32Array();
   const b = await randn([4001], { seed: 3 }).toArray();
   const c = await randn([4001], { seed: 4 }).toArray();
   assert.deepEqual(a, b);

@@ -122,7 +122,7 @@ gpuTest(
   async () => {
     const lin = new Linear(33, 7, { seed: 3 });
     const bound = 1 / Math.sqrt(33);
-    const [w, b] = [await lin.weight.toArray(), await lin.bias!.toArray()];
+    const [w, b] = [await lin.weight.toFloat32Array(), await lin.bias!.toArray()];
     assert.deepEqual(lin.weight.shape, [7, 33]);
     assert.ok([...w, ...b].every((v) => Math.abs(v) <= bound), "Uniform(-1/sqrt(in), 1/sqrt(in))");
     // Variance of U(-a, a) is a^2 / 3; 231 samples: within 25%.
