@@ -14,6 +14,7 @@ import {
   type MatmulTile,
 } from "../kernels/matmul.ts";
 import { denseDims, matmulRef } from "../kernels/matmul_ref.ts";
+import { MATMUL_ACTIVATIONS } from "../kernels/activation.ts";
 import { counters, pool, readback, upload } from "../kernels/runtime.ts";
 import { isCpuAdapter, matmulTile } from "../kernels/tune.ts";
 import { backward } from "../nn/autograd.ts";
@@ -62,18 +63,6 @@ function dimsOf(c: Case): MatmulDims {
   });
 }
 
-/** Every epilogue activation. */
-const ACTIVATIONS: MatmulActivation[] = [
-  "none",
-  "relu",
-  "leaky_relu",
-  "gelu",
-  "gelu_tanh",
-  "quick_gelu",
-  "sigmoid",
-  "tanh",
-];
-
 /** Elements an operand needs: its largest address + 1. */
 function extent(batch: number, sb: number, r: number, sr: number, c: number, sc: number): number {
   return batch * r * c === 0 ? 1 : (batch - 1) * sb + (r - 1) * sr + (c - 1) * sc + 1;
@@ -85,6 +74,8 @@ interface RunOptions {
   alpha?: number;
   act?: MatmulActivation;
   seed?: number;
+  /** Also store the pre-activation and check it. */
+  pre?: boolean;
 }
 
 /** Run one product on the GPU and compare it with the float64 reference. */
@@ -98,18 +89,25 @@ async function check(d: MatmulDims, label: string, o: RunOptions = {}): Promise<
     upload(buf, x);
     return buf;
   });
-  const c = pool.acquire(Math.max(1, d.batch * d.M * d.N) * 4);
-  // Poison C so a missed store shows up.
-  upload(c, new Float32Array(Math.max(1, d.batch * d.M * d.N)).fill(Number.NaN));
+  const n = Math.max(1, d.batch * d.M * d.N);
+  const [c, z] = [0, 1].map(() => {
+    const buf = pool.acquire(n * 4);
+    upload(buf, new Float32Array(n).fill(Number.NaN)); // poisoned: a missed store shows up
+    return buf;
+  });
   matmulKernel(bufs[0], bufs[1], c, d, bias ? bufs[2] : null, o.tile, {
     alpha: o.alpha,
     activation: o.act,
+    pre: o.pre ? z : null,
   });
   const got = new Float32Array(await readback(c, d.batch * d.M * d.N * 4));
-  [...bufs, c].forEach((x) => pool.release(x));
+  const gotPre = new Float32Array(await readback(z, d.batch * d.M * d.N * 4));
+  [...bufs, c, z].forEach((x) => pool.release(x));
   const want = matmulRef(A, B, d, { bias, alpha: o.alpha, activation: o.act });
   // fp32 accumulation of K products of values in [-1, 1]: error grows ~ K * 2^-24 * |terms|.
-  assertClose(got, want, { atol: 1e-5 * Math.max(1, d.K), rtol: 1e-5 }, label);
+  const tol = { atol: 1e-5 * Math.max(1, d.K), rtol: 1e-5 };
+  assertClose(got, want, tol, label);
+  if (o.pre) assertClose(gotPre, matmulRef(A, B, d, { bias, alpha: o.alpha }), tol, `${label} pre`);
 }
 
 const ODD: Case[] = [
@@ -206,9 +204,22 @@ gpuTest("matmul: strided sub-matrices (row stride > K) and K = 0", async () => {
 
 gpuTest("matmul: every activation, alpha and bias in the epilogue", async () => {
   const d = dimsOf({ batch: 1, M: 19, N: 24, K: 16, tA: false, tB: false });
-  for (const act of ACTIVATIONS) {
+  for (const act of MATMUL_ACTIVATIONS) {
     await check(d, `epilogue ${act}`, { act, alpha: 0.37, bias: true, tile: REGISTER_SMALL });
   }
+  // The pre-activation stored by the same dispatch: vec4 and scalar C, both families.
+  const odd = dimsOf({ batch: 2, M: 13, N: 19, K: 11, tA: false, tB: true });
+  for (const tile of [REGISTER_SMALL, REGISTER, SHARED]) {
+    for (const dd of [d, odd]) {
+      await check(dd, `pre + gelu ${JSON.stringify(tile)} N=${dd.N}`, {
+        act: "gelu",
+        bias: true,
+        tile,
+        pre: true,
+      });
+    }
+  }
+  await check(odd, "pre without bias, quick_gelu", { act: "quick_gelu", tile: SHARED, pre: true });
   await check(d, "epilogue gelu, shared kernel", {
     act: "gelu",
     alpha: -1.5,
