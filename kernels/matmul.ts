@@ -116,17 +116,20 @@ struct P {
 
 function bindings(v: Variant): string {
   const ty = (vec: boolean) => (vec ? "vec4<f32>" : "f32");
-  return `${HEADER}
-@group(0) @binding(1) var<storage, read> A: array<${ty(v.a[0] === "v")}>;
-@group(0) @binding(2) var<storage, read> B: array<${ty(v.b[0] === "v")}>;
-@group(0) @binding(3) var<storage, read_write> C: array<${ty(v.cv)}>;
-${v.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
-${
-    v.pre
-      ? `@group(0) @binding(${v.bias ? 5 : 4}) var<storage, read_write> Z: array<${ty(v.cv)}>;`
-      : ""
+  const lines = [
+    HEADER,
+    `@group(0) @binding(1) var<storage, read> A: array<${ty(v.a[0] === "v")}>;`,
+    `@group(0) @binding(2) var<storage, read> B: array<${ty(v.b[0] === "v")}>;`,
+    `@group(0) @binding(3) var<storage, read_write> C: array<${ty(v.cv)}>;`,
+  ];
+  if (v.bias) lines.push("@group(0) @binding(4) var<storage, read> bias: array<f32>;");
+  if (v.pre) {
+    lines.push(
+      `@group(0) @binding(${v.bias ? 5 : 4}) var<storage, read_write> Z: array<${ty(v.cv)}>;`,
+    );
   }
-${v.act === "gelu" || v.act === "quick_gelu" ? ACTIVATION_WGSL : ""}
+  if (v.act === "gelu" || v.act === "quick_gelu") lines.push(ACTIVATION_WGSL);
+  return `${lines.join("\n")}
 fn pre(x: f32, bias_n: f32) -> f32 { return x * p.alpha + bias_n; }
 fn act(v: f32) -> f32 { return ${activationExpr(v.act, "v", "p.slope")}; }
 fn epi(x: f32, bias_n: f32) -> f32 { return act(pre(x, bias_n)); }`;
