@@ -37,13 +37,8 @@ export function erfcRef(z: number): number {
   return Math.exp(-z * z) / Math.sqrt(Math.PI) / f;
 }
 
-/** erf(z) = 1 - erfc(z). */
-export function erfRef(z: number): number {
-  return z < 0 ? -(1 - erfcRef(-z)) : 1 - erfcRef(z);
-}
-
 /** Standard normal CDF. */
-export function phiRef(x: number): number {
+function phiRef(x: number): number {
   return 0.5 * erfcRef(-x / Math.SQRT2);
 }
 

@@ -81,7 +81,7 @@ export interface AttentionDims {
 }
 
 /** Rows of a shared tile so that two tiles of `d4` vec4 per row fit in {@link SHARED_BYTES}. */
-export function tileRows(d4: number): number {
+function tileRows(d4: number): number {
   return Math.min(MAX_TILE, Math.floor(SHARED_BYTES / (2 * 16 * d4)));
 }
 

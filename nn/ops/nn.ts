@@ -73,7 +73,8 @@ function softmaxLast(x: Tensor, log: boolean): Tensor {
 
 /**
  * softmax(x) along `axis` (default the last; other axes cost two transposing copies). Stable for
- * any finite inputs (the row max is subtracted); a row of all -Infinity gives NaN like PyTorch.
+ * any finite inputs (the row max is subtracted). As in PyTorch, -Infinity entries get probability
+ * 0, while a NaN or +Infinity in a row (or a row of all -Infinity) makes that row NaN.
  * Throws on int32 input or an axis out of range.
  */
 export function softmax(x: Tensor, axis = -1): Tensor {
