@@ -133,7 +133,7 @@ export function linear(
   opts: LinearOpOptions = {},
 ): Tensor {
   const act = opts.activation ?? "none";
-  if (act !== "none" && !(act in KERNEL_ACT)) {
+  if (act !== "none" && !Object.hasOwn(KERNEL_ACT, act)) {
     throw new RangeError(`linear: unknown activation "${act}" (use none, relu, gelu, quickGelu)`);
   }
   if (weight.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== weight.shape[1]) {
