@@ -49,6 +49,7 @@ export {
   NoAdapterError,
 } from "./kernels/device.ts";
 export { counters, flush, type PoolStats, poolStats, sync } from "./kernels/runtime.ts";
+export type { MatmulKind, TileMode, Tuning } from "./kernels/tune.ts";
 
 // ---- nn: tensors, autograd, ops, modules, optimisers ------------------------------------------
 export * from "./nn/tensor.ts";

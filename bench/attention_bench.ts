@@ -11,7 +11,7 @@
  * tiles on CPU adapters, direct reads on GPUs), to check that choice.
  */
 import { init } from "../kernels/device.ts";
-import { setAttentionTiles, sharedTiles } from "../kernels/attention.ts";
+import { attentionTileMode } from "../kernels/attention.ts";
 import { sync } from "../kernels/runtime.ts";
 import { backward } from "../nn/autograd.ts";
 import { randn, type Tensor, tidy } from "../nn/tensor.ts";
@@ -20,7 +20,8 @@ import { attention, type AttentionOptions, attentionUnfused } from "../nn/ops/at
 const gpu = await init();
 const N = Number(Deno.env.get("ATTN_BENCH_N") ?? 5);
 // Calls recorded per wait: on a GPU one call is far below the ~11 ms a wait costs in Deno.
-const REPS = Number(Deno.env.get("ATTN_BENCH_REPS") ?? (sharedTiles() ? 20 : 1));
+const shared = attentionTileMode() === "shared";
+const REPS = Number(Deno.env.get("ATTN_BENCH_REPS") ?? (shared ? 20 : 1));
 
 interface Shape {
   label: string;
@@ -47,15 +48,8 @@ for (const s of SHAPES) {
   const train = [mk(1, true), mk(2, true), mk(3, true)];
   const g = randn(shape, { seed: 4 });
   // The fused op with the tile mode this adapter does not pick by default, to check the choice.
-  const other = sharedTiles() ? "direct" : "shared";
-  const fusedOther: Attn = (q, k, v, o) => {
-    const old = setAttentionTiles(other);
-    try {
-      return attention(q, k, v, o);
-    } finally {
-      setAttentionTiles(old);
-    }
-  };
+  const other = shared ? "direct" : "shared";
+  const fusedOther: Attn = (q, k, v, o) => attention(q, k, v, { ...o, tiles: other });
   const impls: [string, Attn][] = [
     ["fused", attention],
     [`fused (${other} tiles)`, fusedOther],

@@ -15,6 +15,8 @@ import { parseArgs } from "node:util";
 import { init } from "../kernels/device.ts";
 import { sync } from "../kernels/runtime.ts";
 import { defaultTile } from "../kernels/matmul.ts";
+import { denseDims, matmulEntryRef } from "../kernels/matmul_ref.ts";
+import { cosineRowRef } from "../kernels/cosine_topk_ref.ts";
 import { attention, attentionUnfused } from "../nn/ops/attention.ts";
 import { matmul } from "../nn/ops/matmul.ts";
 import { softmax } from "../nn/ops/nn.ts";
@@ -166,8 +168,7 @@ function matmulWorkload(id: string, M: number, N: number, K: number, label: stri
       let worst = 0;
       for (let t = 0; t < 64; t++) {
         const m = (t * 7919) % M, n = (t * 104729) % N;
-        let s = 0;
-        for (let k = 0; k < K; k++) s += A[m * K + k] * B[k * N + n];
+        const s = matmulEntryRef(A, B, denseDims(1, M, N, K), 0, m, n);
         worst = Math.max(worst, Math.abs(s - r.out[m * N + n]));
       }
       return worst <= 1e-5 * K ? null : `|ours - float64| = ${worst.toExponential(2)} on a sample`;
@@ -232,20 +233,8 @@ function cosineWorkload(id: string, N: number, M: number, withPeers: boolean): W
     agree: sameTopK,
     verify: (r) => {
       // Float64 top-1 of a few queries must match ours (score within 1e-5).
-      const norm = (X: Float32Array, i: number) => {
-        let s = 0;
-        for (let t = 0; t < d; t++) s += X[i * d + t] ** 2;
-        return Math.sqrt(s);
-      };
-      const kn = Array.from({ length: M }, (_, j) => norm(K, j));
       for (const i of [0, 1, N >> 1, N - 1]) {
-        let best = -Infinity;
-        const qn = norm(Q, i);
-        for (let j = 0; j < M; j++) {
-          let s = 0;
-          for (let t = 0; t < d; t++) s += Q[i * d + t] * K[j * d + t];
-          best = Math.max(best, s / (qn * kn[j]));
-        }
+        const best = Math.max(...cosineRowRef(Q, i, K, d));
         if (Math.abs(best - r.out[i * k]) > 1e-5) {
           return `query ${i}: best cosine ${best} (float64) vs ${r.out[i * k]}`;
         }

@@ -22,6 +22,9 @@ import { layerNorm, softmax } from "../nn/ops/nn.ts";
 import { cosineTopK } from "../nn/retrieval.ts";
 import { randn, Rng, tensor, tidy } from "../nn/tensor.ts";
 import { builtinConfig } from "../clip/config.ts";
+import { cosineRef } from "../kernels/cosine_topk_ref.ts";
+import { denseMatmulRef } from "../kernels/matmul_ref.ts";
+import { softmaxRef } from "../kernels/softmax_ref.ts";
 import { ClipModel } from "../clip/model.ts";
 
 const { values: args } = parseArgs({
@@ -88,17 +91,6 @@ const info = adapterInfo();
 console.log(JSON.stringify(info, null, 1));
 
 // ---- 2. correctness -----------------------------------------------------------------------------
-function matmulRef(a: Float32Array, b: Float32Array, M: number, N: number, K: number, tB: boolean) {
-  const c = new Float64Array(M * N);
-  for (let m = 0; m < M; m++) {
-    for (let n = 0; n < N; n++) {
-      let s = 0;
-      for (let k = 0; k < K; k++) s += a[m * K + k] * (tB ? b[n * K + k] : b[k * N + n]);
-      c[m * N + n] = s;
-    }
-  }
-  return c;
-}
 const maxAbs = (x: ArrayLike<number>, y: ArrayLike<number>) => {
   let e = 0;
   for (let i = 0; i < x.length; i++) {
@@ -122,7 +114,7 @@ for (
     );
     const got = await y.toArray();
     y.dispose();
-    const err = maxAbs(got, matmulRef(a, b, M, N, K, tB));
+    const err = maxAbs(got, denseMatmulRef(a, b, 1, M, N, K, { transposeB: tB }));
     log({
       what: "check matmul",
       size: `${M}x${N}x${K}${tB ? " B^T" : ""}`,
@@ -153,13 +145,7 @@ await guarded("check softmax", "129x1000", async () => {
   const y = tidy(() => softmax(tensor(x, [129, 1000])));
   const got = await y.toArray();
   y.dispose();
-  const ref = new Float64Array(x.length);
-  for (let r = 0; r < 129; r++) {
-    let m = -Infinity, s = 0;
-    for (let j = 0; j < 1000; j++) m = Math.max(m, x[r * 1000 + j]);
-    for (let j = 0; j < 1000; j++) s += Math.exp(x[r * 1000 + j] - m);
-    for (let j = 0; j < 1000; j++) ref[r * 1000 + j] = Math.exp(x[r * 1000 + j] - m) / s;
-  }
+  const ref = softmaxRef(x, 129, 1000);
   const err = maxAbs(got, ref);
   log({ what: "check softmax", size: "129x1000 (values +-40)", maxErr: err, ok: err < 1e-5 });
 });
@@ -168,19 +154,10 @@ await guarded("check cosineTopK", "500 x 3001 x 64, k=10", async () => {
   const N = 500, M = 3001, d = 64, k = 10;
   const q = rand(N * d, 8), kk = rand(M * d, 9);
   const got = await cosineTopK(q, kk, k, { dim: d });
-  const norm = (x: Float32Array, i: number) => {
-    let s = 0;
-    for (let j = 0; j < d; j++) s += x[i * d + j] ** 2;
-    return Math.sqrt(s);
-  };
+  const ref = cosineRef(q, kk, d);
   let err = 0, wrong = 0;
   for (let i = 0; i < N; i++) {
-    const sc: [number, number][] = [];
-    for (let j = 0; j < M; j++) {
-      let s = 0;
-      for (let t = 0; t < d; t++) s += q[i * d + t] * kk[j * d + t];
-      sc.push([s / (norm(q, i) * norm(kk, j)), j]);
-    }
+    const sc: [number, number][] = Array.from(ref[i], (s, j) => [s, j]);
     sc.sort((a, b) => b[0] - a[0] || a[1] - b[1]);
     for (let t = 0; t < k; t++) {
       err = Math.max(err, Math.abs(sc[t][0] - got.scores[i * k + t]));

@@ -466,7 +466,7 @@ export async function saveClip(model: ClipModel, path: string): Promise<void> {
   const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
   for (const [name, t] of model.stateDict()) {
     if (adapters.has(t)) continue;
-    tensors[name] = { dtype: "F32", shape: [...t.shape], data: await t.toArray() };
+    tensors[name] = { dtype: "F32", shape: [...t.shape], data: await t.toFloat32Array() };
   }
   await writeSafetensors(path, tensors, { clip_config: configToJson(model.config) });
 }

@@ -21,8 +21,10 @@
  */
 import { gpu } from "./device.ts";
 import { type Buf, dispatch, grid } from "./runtime.ts";
-import { isCpuAdapter } from "./tune.ts";
-import { FLAT_WG, Params } from "./wgsl.ts";
+import type { TileMode } from "./tune.ts";
+import { codeCache, FLAT_WG, NEG_BIG_WGSL, Params } from "./wgsl.ts";
+
+export type { TileMode } from "./tune.ts";
 
 /** Largest head dimension the kernels are compiled for. */
 export const MAX_HEAD_DIM = 128;
@@ -35,22 +37,25 @@ const SHARED_BYTES = 16384;
 const MAX_TILE = 32;
 
 /**
- * How the kernels read the K/V (or Q/dO) tiles: `shared` stages them in workgroup memory (real
- * GPUs), `direct` reads them from the storage buffers (CPU adapters: on llvmpipe the ViT-B/16
- * forward took 195 ms direct vs 243 ms shared), `blocked` is `direct` except that the forward
- * uses the lanes-along-queries kernel {@link rowsForwardCode} when D % 4 == 0 (on llvmpipe
- * ViT-B/16 about 3x faster than `direct`, ~0.75x the unfused composition), `auto` picks `shared` on GPUs, `blocked` on CPU
- * adapters.
+ * How a launch reads the K/V (or Q/dO) tiles ({@link TileMode}): `shared` stages them in
+ * workgroup memory (real GPUs), `direct` reads them from the storage buffers (CPU adapters: on
+ * llvmpipe the ViT-B/16 forward took 195 ms direct vs 243 ms shared), `blocked` is `direct`
+ * except that the forward uses the lanes-along-queries kernel {@link rowsForwardCode} when
+ * D % 4 == 0 (on llvmpipe ViT-B/16 about 3x faster than `direct`, ~0.75x the unfused
+ * composition). `tiles` (a call's option) wins, then the device's `tuning.attentionTiles`; `auto`
+ * picks `shared` on GPUs and `blocked` on CPU adapters.
  */
-export type TileMode = "auto" | "shared" | "direct" | "blocked";
+export function attentionTileMode(tiles: TileMode = "auto"): Exclude<TileMode, "auto"> {
+  const { tuning } = gpu();
+  const mode = tiles !== "auto" ? tiles : tuning.attentionTiles;
+  if (mode !== "auto") return mode;
+  return tuning.cpu ? "blocked" : "shared";
+}
 
-let tileMode: TileMode = "auto";
-
-/** Force a {@link TileMode} for every later launch (tests and benchmarks); returns the old one. */
-export function setAttentionTiles(mode: TileMode): TileMode {
-  const old = tileMode;
-  tileMode = mode;
-  return old;
+/** Per-call options of the attention kernels (tests and benchmarks). */
+export interface AttentionLaunchOptions {
+  /** Force a tile mode (default: the device's choice, see {@link attentionTileMode}). */
+  tiles?: TileMode;
 }
 
 /** Lanes of the {@link rowsForwardCode} workgroup: one AVX2 vector on llvmpipe. */
@@ -64,22 +69,6 @@ const RW_QPL = 6;
 /** Keys per block of {@link rowsForwardCode} (its loop body is unrolled over them). */
 const RW_KB = 2;
 
-/** True when the launches will stage tiles in workgroup memory. */
-export function sharedTiles(): boolean {
-  if (tileMode !== "auto") return tileMode === "shared";
-  return !isCpuAdapter(gpu().adapter);
-}
-
-/**
- * True when the forward uses {@link rowsForwardCode}: CPU adapters (or `blocked` forced) and
- * D % 4 == 0; other D take the direct row kernel.
- */
-function blockedForward(d: number): boolean {
-  if (d % 4 !== 0) return false;
-  if (tileMode !== "auto") return tileMode === "blocked";
-  return isCpuAdapter(gpu().adapter);
-}
-
 /** Sizes of one attention call. */
 export interface AttentionDims {
   /** batch * heads. */
@@ -92,7 +81,7 @@ export interface AttentionDims {
 }
 
 /** Rows of a shared tile so that two tiles of `d4` vec4 per row fit in {@link SHARED_BYTES}. */
-export function tileRows(d4: number): number {
+function tileRows(d4: number): number {
   return Math.min(MAX_TILE, Math.floor(SHARED_BYTES / (2 * 16 * d4)));
 }
 
@@ -149,7 +138,7 @@ function header(d4: number): string {
   return `${PARAMS}
 @group(0) @binding(0) var<uniform> p: P;
 const D4 = ${d4}u;
-const NEG = -3.0e38;`;
+const NEG = ${NEG_BIG_WGSL};`;
 }
 
 /**
@@ -495,6 +484,8 @@ function check(d: AttentionDims): void {
   if (d.tk < 1 || d.tq < 1) throw new RangeError(`attention kernel: empty Tq=${d.tq} Tk=${d.tk}`);
 }
 
+const cached = codeCache();
+
 function params(d: AttentionDims, ntile: number): ArrayBuffer {
   return new Params().u32(d.bh, d.tq, d.tk, d.d).f32(d.scale).u32(d.causal ? 1 : 0, ntile)
     .build();
@@ -511,16 +502,19 @@ export function attentionForwardKernel(
   o: Buf,
   lse: Buf,
   d: AttentionDims,
+  opts: AttentionLaunchOptions = {},
 ): void {
   check(d);
   if (d.bh === 0) return;
   const d4 = Math.ceil(d.d / 4);
   const vec = d.d % 4 === 0;
-  if (blockedForward(d.d)) {
+  const mode = attentionTileMode(opts.tiles);
+  if (mode === "blocked" && vec) {
     const ntile = Math.ceil(d.tq / (RW_LANES * RW_QPL));
+    const name = `attention_fwd_rows_d${d.d}`;
     dispatch(
-      `attention_fwd_rows_d${d.d}`,
-      rowsForwardCode(d4),
+      name,
+      cached(name, () => rowsForwardCode(d4)),
       [q, k, v, o, lse],
       params(d, ntile),
       grid(d.bh * ntile),
@@ -528,10 +522,11 @@ export function attentionForwardKernel(
     return;
   }
   const ntile = Math.ceil(d.tq / ROWS);
-  const shared = sharedTiles();
+  const shared = mode === "shared";
+  const name = `attention_fwd_d${d.d}${shared ? "" : "_direct"}`;
   dispatch(
-    `attention_fwd_d${d.d}${shared ? "" : "_direct"}`,
-    forwardCode(d4, tileRows(d4), vec, shared),
+    name,
+    cached(name, () => forwardCode(d4, tileRows(d4), vec, shared)),
     [q, k, v, o, lse],
     params(d, ntile),
     grid(d.bh * ntile),
@@ -555,6 +550,7 @@ export function attentionBackwardKernel(
   dk: Buf | null,
   dv: Buf | null,
   d: AttentionDims,
+  opts: AttentionLaunchOptions = {},
 ): void {
   check(d);
   if (d.bh === 0) return;
@@ -563,19 +559,21 @@ export function attentionBackwardKernel(
   const rows = d.bh * d.tq;
   dispatch(
     "attention_delta",
-    deltaCode(),
+    cached("attention_delta", deltaCode),
     [dO, o, delta],
     new Params().u32(rows, d.d).build(),
     grid(Math.ceil(rows / 64)),
   );
   const tile = tileRows(d4);
-  const shared = sharedTiles();
+  // The backward has no blocked kernel: `blocked` reads the tiles directly.
+  const shared = attentionTileMode(opts.tiles) === "shared";
   const sfx = shared ? "" : "_direct";
   if (dq) {
     const ntile = Math.ceil(d.tq / ROWS);
+    const name = `attention_dq_d${d.d}${sfx}`;
     dispatch(
-      `attention_dq_d${d.d}${sfx}`,
-      dqCode(d4, tile, vec, shared),
+      name,
+      cached(name, () => dqCode(d4, tile, vec, shared)),
       [q, k, v, dO, lse, delta, dq],
       params(d, ntile),
       grid(d.bh * ntile),
@@ -583,9 +581,10 @@ export function attentionBackwardKernel(
   }
   if (dk && dv) {
     const ntile = Math.ceil(d.tk / ROWS);
+    const name = `attention_dkv_d${d.d}${sfx}`;
     dispatch(
-      `attention_dkv_d${d.d}${sfx}`,
-      dkvCode(d4, tile, vec, shared),
+      name,
+      cached(name, () => dkvCode(d4, tile, vec, shared)),
       [q, k, v, dO, lse, delta, dk, dv],
       params(d, ntile),
       grid(d.bh * ntile),

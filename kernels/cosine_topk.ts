@@ -10,7 +10,7 @@
  */
 import { gpu } from "./device.ts";
 import { type Buf, dispatch, flush, grid } from "./runtime.ts";
-import { FLAT_WG, Params } from "./wgsl.ts";
+import { codeCache, FLAT_WG, NEG_BIG_WGSL, Params } from "./wgsl.ts";
 
 /** The largest k the merge kernel supports (its per-invocation lists live in registers/stack). */
 export const MAX_TOPK = 64;
@@ -89,6 +89,8 @@ export function normalizeRowsInPlaceKernel(x: Buf, rows: number, d: number): voi
   );
 }
 
+const cached = codeCache();
+
 function mergeCode(k: number): string {
   return /* wgsl */ `
 struct P { rows: u32, cols: u32, ld: u32, keyBase: u32, first: u32 }
@@ -105,7 +107,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let base = q * ${2 * k}u;
   for (var i = 0u; i < ${k}u; i++) {
     if (p.first != 0u) {
-      tv[i] = -3.0e38; // below any cosine; never returned because M >= k
+      tv[i] = ${NEG_BIG_WGSL}; // below any cosine; never returned because M >= k
       ti[i] = 0xffffffffu;
     } else {
       tv[i] = bitcast<f32>(state[base + i]);
@@ -157,9 +159,10 @@ export function topkMergeKernel(
     throw new RangeError(`topkMergeKernel: k = ${k} must be an integer in 1..${MAX_TOPK}`);
   }
   if (rows === 0) return;
+  const name = `topk_merge_${k}`;
   dispatch(
-    `topk_merge_${k}`,
-    mergeCode(k),
+    name,
+    cached(name, () => mergeCode(k)),
     [scores, state],
     new Params().u32(rows, cols, ld, keyBase, first ? 1 : 0).build(),
     grid(Math.ceil(rows / WG)),

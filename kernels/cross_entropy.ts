@@ -58,7 +58,10 @@ ${rowMain(plan)}
     } else {
       let lab = u32(li32);
       let xl = ${pick};
-      loss[row] = (1.0 - p.ls_eps) * (l - xl) + p.ls_eps * (l - total / f32(p.classes));
+      // Without smoothing the mean term is skipped, not multiplied by 0: a -inf logit (a masked
+      // class) would make it 0 * inf = NaN.
+      let smoothed = select(0.0, p.ls_eps * (l - total / f32(p.classes)), p.ls_eps > 0.0);
+      loss[row] = (1.0 - p.ls_eps) * (l - xl) + smoothed;
     }
   }
 }`;

@@ -2,9 +2,14 @@
  * The one WebGPU device every kernel runs on.
  *
  * `init()` finds an adapter, requests the limits the kernels need and remembers what the adapter
- * is. Errors that WebGPU reports asynchronously (WGSL validation, out-of-memory, a lost device)
- * are stored here and thrown by the next operation, so a broken kernel never turns into a hang.
+ * is, and the device's kernel {@link Tuning} (CPU or GPU adapter, forced variants). Errors that
+ * WebGPU reports asynchronously (WGSL validation, out-of-memory, a lost device) are stored here and
+ * thrown by the next operation, so a broken kernel never turns into a hang.
+ *
+ * A lost or destroyed device is not the end: the next operation throws {@link GpuError}, and a
+ * later `init()` creates a new device (tensors of the old one are dead: using one throws).
  */
+import { type Tuning, tuningFor } from "./tune.ts";
 
 /** Options for {@link init}. Environment variables give the defaults (see README). */
 export interface InitOptions {
@@ -14,6 +19,11 @@ export interface InitOptions {
   powerPreference?: GPUPowerPreference;
   /** Test hook: pretend no adapter exists, to exercise the error path. Env: `CLIPIT_NO_ADAPTER=1`. */
   simulateNoAdapter?: boolean;
+  /**
+   * Override the device's kernel choices (see {@link Tuning}); e.g. `{ cpu: false }` picks the
+   * GPU kernels on a CPU adapter. Env: `CLIPIT_MATMUL_KIND=register|shared` for `matmulKind`.
+   */
+  tuning?: Partial<Tuning>;
 }
 
 /** What the adapter is and what it allows; read once, before the device is requested. */
@@ -74,12 +84,26 @@ export interface Gpu {
   adapter: AdapterDescription;
   /** Rejects when the device is lost; raced against every wait so nothing hangs. */
   lost: Promise<never>;
+  /** Kernel choices for this device, read by every launch (fixed at init unless changed). */
+  tuning: Tuning;
+  /** Counts the devices this process created: buffers remember the one they belong to. */
+  generation: number;
 }
 
 let current: Gpu | null = null;
 let pending: Promise<Gpu> | null = null;
 let deferredError: GpuError | null = null;
 let lostInfo: string | null = null;
+let generation = 0;
+const newDeviceHooks: ((generation: number) => void)[] = [];
+
+/**
+ * Run `hook(generation)` whenever a new device replaces a lost one (the runtime drops its pool,
+ * pipelines and recording state there: they belong to the old device).
+ */
+export function onNewDevice(hook: (generation: number) => void): void {
+  newDeviceHooks.push(hook);
+}
 
 function envFlag(name: string): boolean {
   try {
@@ -158,23 +182,39 @@ async function create(opts: InitOptions): Promise<Gpu> {
     requiredLimits: wanted,
     requiredFeatures: features,
   });
+  const gen = ++generation;
+  const isCurrent = () => generation === gen;
   device.addEventListener("uncapturederror", (ev) => {
     const e = (ev as GPUUncapturedErrorEvent).error;
-    deferredError ??= new GpuError(`WebGPU error: ${e.message}`);
+    if (isCurrent()) deferredError ??= new GpuError(`WebGPU error: ${e.message}`);
   });
   const lost = device.lost.then((info): never => {
-    lostInfo = `WebGPU device lost (${info.reason}): ${info.message}`;
-    current = null;
-    pending = null;
-    throw new GpuError(lostInfo);
+    const message = `WebGPU device lost (${info.reason}): ${info.message}`;
+    if (isCurrent()) {
+      // A device replaced in the meantime reports late: that must not kill its successor.
+      lostInfo = message;
+      current = null;
+      pending = null;
+    }
+    throw new GpuError(message);
   });
   lost.catch(() => {}); // observed by the races below, not an unhandled rejection
-  return { device, adapter: desc, lost };
+  // A fresh device: errors of a lost predecessor are history, its resources are unusable.
+  lostInfo = null;
+  deferredError = null;
+  if (gen > 1) { for (const hook of newDeviceHooks) hook(gen); }
+  const forced = envString("CLIPIT_MATMUL_KIND");
+  const tuning = tuningFor(desc, {
+    ...(forced === "register" || forced === "shared" ? { matmulKind: forced } : {}),
+    ...opts.tuning,
+  });
+  return { device, adapter: desc, lost, tuning, generation: gen };
 }
 
 /**
  * Initialise WebGPU once and return the device. Safe to call many times: later calls return the
- * same device. Throws {@link NoAdapterError} when there is no adapter.
+ * same device (their options are ignored) until it is lost; then `init()` creates a new one.
+ * Throws {@link NoAdapterError} when there is no adapter.
  */
 export function init(opts: InitOptions = {}): Promise<Gpu> {
   if (current) return Promise.resolve(current);

@@ -2,8 +2,8 @@
  * Dropout with a mask computed on the fly from a hash of (element index, seed): nothing is stored,
  * the backward regenerates the same mask from the same seed. Element i is kept when
  * pcg(pcg(i) ^ key) >= threshold, with key = pcg(seed) and threshold = round(p * 2^32), compared
- * as integers; kept elements are scaled by 1 / (1 - p). {@link dropoutKeep} is the same rule on
- * the CPU (tests use it; results do not depend on the adapter).
+ * as integers; kept elements are scaled by 1 / (1 - p). `dropout_ref.ts` applies the same rule
+ * on the CPU (results do not depend on the adapter).
  */
 import { type Buf, dispatch, grid } from "./runtime.ts";
 import { FLAT_WG, Params } from "./wgsl.ts";
@@ -36,21 +36,17 @@ export function pcgHash(v: number): number {
   return ((w >>> 22) ^ w) >>> 0;
 }
 
-function threshold(p: number): number {
+/** The integer threshold of keep probability 1 - `p`: hashes below it are dropped. */
+export function dropoutThreshold(p: number): number {
   return Math.min(0xffffffff, Math.round(p * 2 ** 32));
 }
 
-function checkArgs(p: number, seed: number): void {
+/** Throw a RangeError unless `p` is in [0, 1] and `seed` is an integer. */
+export function checkDropoutArgs(p: number, seed: number): void {
   if (!(p >= 0 && p <= 1)) throw new RangeError(`dropout: p must be in [0, 1], got ${p}`);
   if (!Number.isInteger(seed)) {
     throw new RangeError(`dropout: seed must be an integer, got ${seed}`);
   }
-}
-
-/** The CPU mirror of the GPU mask: true when element `i` is kept for (`seed`, `p`). */
-export function dropoutKeep(i: number, seed: number, p: number): boolean {
-  checkArgs(p, seed);
-  return pcgHash(pcgHash(i) ^ pcgHash(seed)) >= threshold(p);
 }
 
 /**
@@ -59,10 +55,10 @@ export function dropoutKeep(i: number, seed: number, p: number): boolean {
  * p = 1 drops everything (scale 0). Throws on p outside [0, 1] or a non-integer seed.
  */
 export function dropoutKernel(x: Buf, y: Buf, n: number, p: number, seed: number): void {
-  checkArgs(p, seed);
+  checkDropoutArgs(p, seed);
   if (n === 0) return;
   if (n > 0xffffffff) throw new RangeError(`dropout: ${n} elements exceed the 32-bit index`);
   const scale = p >= 1 ? 0 : 1 / (1 - p);
-  const params = new Params().u32(n, pcgHash(seed), threshold(p)).f32(scale).build();
+  const params = new Params().u32(n, pcgHash(seed), dropoutThreshold(p)).f32(scale).build();
   dispatch("dropout", CODE, [x, y], params, grid(Math.ceil(n / WG)));
 }

@@ -4,7 +4,7 @@
  * strides and offsets), with a fast path when everything is contiguous.
  */
 import { type Buf, dispatch, grid } from "./runtime.ts";
-import { FLAT_WG, MAX_RANK, Params } from "./wgsl.ts";
+import { codeCache, FLAT_WG, MAX_RANK, Params } from "./wgsl.ts";
 
 /** A strided view of a buffer: element `coord` lives at `offset + sum(coord[d] * strides[d])`. */
 export interface View {
@@ -16,7 +16,13 @@ export interface View {
 const WG = 256;
 const NAMES = ["a", "b", "c"];
 
-function mapCode(expr: string, nIn: number, ty: string, contiguous: boolean): string {
+function mapCode(
+  expr: string,
+  nIn: number,
+  ty: string,
+  contiguous: boolean,
+  prelude: string,
+): string {
   const inputs = NAMES.slice(0, nIn)
     .map((n, i) => `@group(0) @binding(${i + 1}) var<storage, read> ${n}_: array<${ty}>;`)
     .join("\n");
@@ -43,6 +49,7 @@ struct P { n: u32, rank: u32, off_out: u32, s: f32, ${offFields}
 @group(0) @binding(0) var<uniform> p: P;
 ${inputs}
 @group(0) @binding(${nIn + 1}) var<storage, read_write> out: array<${ty}>;
+${prelude}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -70,11 +77,14 @@ function isContiguous(v: View, shape: readonly number[]): boolean {
   return shape.every((e, d) => e === 1 || v.strides[d] === c[d]);
 }
 
+const cached = codeCache();
+
 /**
  * out[o(coord)] = expr(a[..], b[..], c[..]) for every coord of `shape`.
  * `expr` is WGSL over the names `a`, `b`, `c` (for as many inputs as given) of type `ty`.
  * `scalar` is available to the expression as `p.s` (f32), so scalar constants do not create new
- * pipelines. `name` labels the kernel in errors.
+ * pipelines. `prelude` is WGSL placed before the entry point (functions the expression calls,
+ * such as `ACTIVATION_WGSL`). `name` labels the kernel in errors.
  */
 export function mapKernel(
   name: string,
@@ -84,12 +94,14 @@ export function mapKernel(
   shape: readonly number[],
   ty: "f32" | "i32" = "f32",
   scalar = 0,
+  prelude = "",
 ): void {
   const n = shape.reduce((x, y) => x * y, 1);
   if (n === 0) return;
   if (shape.length > MAX_RANK) throw new RangeError(`${name}: rank ${shape.length} > ${MAX_RANK}`);
   const contiguous = isContiguous(out, shape) && inputs.every((v) => isContiguous(v, shape));
-  const code = mapCode(expr, inputs.length, ty, contiguous);
+  const key = `${inputs.length}${ty}${contiguous ? "c" : "s"}|${expr}|${prelude}`;
+  const code = cached(key, () => mapCode(expr, inputs.length, ty, contiguous, prelude));
   const p = new Params().u32(n, shape.length, out.offset).f32(scalar);
   for (const v of inputs) p.u32(v.offset);
   p.vec4Array(shape, 8, 1).vec4Array(out.strides, 8);
@@ -104,7 +116,7 @@ export { contiguousStrides };
 /** Fill `n` elements of `out` with `value` (f32 or i32 bit pattern). */
 export function fillKernel(out: Buf, n: number, value: number, ty: "f32" | "i32" = "f32"): void {
   if (n === 0) return;
-  const code = /* wgsl */ `
+  const code = cached(`fill_${ty}`, () => /* wgsl */ `
 struct P { n: u32, v: ${ty} }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read_write> out: array<${ty}>;
@@ -113,7 +125,7 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
         @builtin(local_invocation_index) li: u32) {
   let i = ${FLAT_WG} * ${WG}u + li;
   if (i < p.n) { out[i] = p.v; }
-}`;
+}`);
   const p = new Params().u32(n);
   if (ty === "f32") p.f32(value);
   else p.i32(value);

@@ -2,9 +2,11 @@
  * Embedding lookup (a row gather) and its backward (a scatter-add of output gradients into the
  * rows of the table).
  *
- * Out-of-range ids (< 0 or >= V) read as a row of zeros and receive no gradient: the ids live on
- * the GPU, so checking them on the CPU would cost a readback, and clamping would silently alias
- * them to a real row.
+ * Out-of-range ids (< 0 or >= V) are refused: the ids live on the GPU, so the gather checks them
+ * there and reports bad ones into the runtime's check buffer (`checkSlot` in runtime.ts, no
+ * readback of its own); the next readback or `sync` throws a RangeError naming an offending id.
+ * Until then such a row reads as zeros (never out of bounds, never aliased to a real row) and
+ * receives no gradient.
  *
  * The scatter-add is deterministic and atomic-free. WGSL has no float atomics; a compare-exchange
  * loop on bitcast u32 would work but adds the gradients in whatever order the threads happen to
@@ -17,17 +19,18 @@
  *    position order, sums the gradients and writes the row once. No two invocations write the
  *    same element, and every sum has a fixed order.
  */
-import { type Buf, dispatch, grid } from "./runtime.ts";
-import { FLAT_WG, Params } from "./wgsl.ts";
+import { type Buf, checkSlot, dispatch, grid } from "./runtime.ts";
+import { checkWgsl, FLAT_WG, Params } from "./wgsl.ts";
 
 const WG = 256;
 
 const GATHER = /* wgsl */ `
-struct P { n: u32, v: u32, d: u32 }
+struct P { n: u32, v: u32, d: u32, slot: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> W: array<f32>;
 @group(0) @binding(2) var<storage, read> ids: array<i32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
+${checkWgsl(4)}
 @compute @workgroup_size(${WG})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) li: u32) {
@@ -35,7 +38,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   if (o >= p.n * p.d) { return; }
   let id = ids[o / p.d];
   var x = 0.0;
-  if (id >= 0 && u32(id) < p.v) { x = W[u32(id) * p.d + o % p.d]; }
+  if (id >= 0 && u32(id) < p.v) {
+    x = W[u32(id) * p.d + o % p.d];
+  } else if (o % p.d == 0u) {
+    report_bad(p.slot, id); // once per position
+  }
   out[o] = x;
 }`;
 
@@ -97,7 +104,11 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   dW[u32(id) * p.d + col] = s;
 }`;
 
-/** Record out[n, :] = W[ids[n], :] (zeros for out-of-range ids). W is [v, d], out [n, d]. */
+/**
+ * Record out[n, :] = W[ids[n], :]. W is [v, d], out [n, d]. Out-of-range ids give zero rows and
+ * make the next readback throw `RangeError("embedding: id 50000 not in [0, 49408) ...")`;
+ * `what` names the lookup in that message (e.g. the ids tensor).
+ */
 export function embeddingKernel(
   weight: Buf,
   ids: Buf,
@@ -105,10 +116,19 @@ export function embeddingKernel(
   n: number,
   v: number,
   d: number,
+  what = "",
 ): void {
   if (n * d === 0) return;
-  const p = new Params().u32(n, v, d).build();
-  dispatch("embedding_gather", GATHER, [weight, ids, out], p, grid(Math.ceil(n * d / WG)));
+  const check = checkSlot((r) => {
+    const id = r.max >= v ? r.max : r.min; // too large first, else the most negative
+    const notes = [what];
+    if (r.count > 1) notes.push(`${r.count} of ${n} ids out of range, from ${r.min} to ${r.max}`);
+    const note = notes.filter((x) => x).join("; ");
+    return `embedding: id ${id} not in [0, ${v})${note ? ` (${note})` : ""}`;
+  });
+  const p = new Params().u32(n, v, d, check.slot).build();
+  const groups = grid(Math.ceil(n * d / WG));
+  dispatch("embedding_gather", GATHER, [weight, ids, out, check.buf], p, groups);
 }
 
 /**

@@ -13,7 +13,6 @@
 import { type Buf, dispatch, pool } from "./runtime.ts";
 import { codeCache, Params } from "./wgsl.ts";
 import { gpu } from "./device.ts";
-import { isCpuAdapter } from "./tune.ts";
 import {
   cacheUnits,
   eachUnit,
@@ -251,7 +250,7 @@ export function layerNormBackwardParams(
   // 30 us at 32 rows vs 62 us at 256; [8192, 768] 87 us at 128 vs 134 us at 32). CPU adapters:
   // 256 (fewer partials; the column blocks already fill the cores). More when the chunk count
   // would pass the grid limit.
-  const cpu = isCpuAdapter(gpu().adapter);
+  const cpu = gpu().tuning.cpu;
   const cols = 64;
   const lanes = opts.lanes ?? (cpu ? 1 : 4);
   if (![1, 2, 4, 8].includes(lanes)) throw new RangeError(`layerNorm: lanes ${lanes}`);

@@ -16,12 +16,19 @@
  * every size and stride is correct and aligned ones are fast. Out-of-range rows and columns are
  * clamped to valid addresses (register) or zero-filled (shared) and never stored.
  */
-import { gpu } from "./device.ts";
+import {
+  ACTIVATION_WGSL,
+  activationExpr,
+  MATMUL_ACTIVATIONS,
+  type MatmulActivation,
+} from "./activation.ts";
+import { type Gpu, gpu } from "./device.ts";
 import { type Buf, dispatch } from "./runtime.ts";
 import { type MatmulTile, matmulTile } from "./tune.ts";
-import { ERF_WGSL, Params } from "./wgsl.ts";
+import { codeCache, Params } from "./wgsl.ts";
 
 export type { MatmulTile } from "./tune.ts";
+export type { MatmulActivation } from "./activation.ts";
 
 /** Sizes and strides of one batched matmul. */
 export interface MatmulDims {
@@ -39,42 +46,25 @@ export interface MatmulDims {
   sbn: number;
 }
 
-/** Activations the epilogue can apply (same formulas as the elementwise ops). */
-export type MatmulActivation =
-  | "none"
-  | "relu"
-  | "leaky_relu"
-  | "gelu"
-  | "gelu_tanh"
-  | "quick_gelu"
-  | "sigmoid"
-  | "tanh";
-
 /** Applied to each output before it is stored: `act(alpha * sum + bias[n])`. */
 export interface MatmulEpilogue {
   /** Scale of the product (default 1), e.g. 1/sqrt(d) for attention scores. */
   alpha?: number;
-  /** Activation (default none). */
+  /** Activation (default none); see `activation.ts`. */
   activation?: MatmulActivation;
   /** Negative slope of `leaky_relu` (default 0.01). */
   slope?: number;
+  /**
+   * Also store the pre-activation `alpha * sum + bias[n]` here ([batch, M, N], like C): what a
+   * fused Linear + activation keeps for its backward, written by the same dispatch.
+   */
+  pre?: Buf | null;
 }
 
 /** How A is read: vec4 along k or m, or scalars (k- or m-contiguous, for the load pattern). */
 export type AMode = "vk" | "vm" | "sk" | "sm";
 /** How B is read: vec4 along n or k, or scalars (n- or k-contiguous). */
 export type BMode = "vn" | "vk" | "sn" | "sk";
-
-const ACT: Record<MatmulActivation, string> = {
-  none: "v",
-  relu: "max(v, 0.0)",
-  leaky_relu: "select(v * p.slope, v, v >= 0.0)",
-  gelu: "0.5 * v * (1.0 + erf_approx(v * 0.70710678118654752))",
-  gelu_tanh: "0.5 * v * (1.0 + tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)))",
-  quick_gelu: "v / (1.0 + exp(-1.702 * v))",
-  sigmoid: "1.0 / (1.0 + exp(-v))",
-  tanh: "tanh(v)",
-};
 
 /** `x` is a multiple of 4, or irrelevant because the axis it strides has extent 1. */
 function al(x: number, extent: number): boolean {
@@ -113,6 +103,8 @@ interface Variant {
   cv: boolean;
   bias: boolean;
   act: MatmulActivation;
+  /** Store the pre-activation into Z too. */
+  pre: boolean;
 }
 
 const HEADER = /* wgsl */ `
@@ -124,16 +116,23 @@ struct P {
 
 function bindings(v: Variant): string {
   const ty = (vec: boolean) => (vec ? "vec4<f32>" : "f32");
-  return `${HEADER}
-@group(0) @binding(1) var<storage, read> A: array<${ty(v.a[0] === "v")}>;
-@group(0) @binding(2) var<storage, read> B: array<${ty(v.b[0] === "v")}>;
-@group(0) @binding(3) var<storage, read_write> C: array<${ty(v.cv)}>;
-${v.bias ? "@group(0) @binding(4) var<storage, read> bias: array<f32>;" : ""}
-${v.act === "gelu" ? ERF_WGSL : ""}
-fn epi(x: f32, bias_n: f32) -> f32 {
-  let v = x * p.alpha + bias_n;
-  return ${ACT[v.act]};
-}`;
+  const lines = [
+    HEADER,
+    `@group(0) @binding(1) var<storage, read> A: array<${ty(v.a[0] === "v")}>;`,
+    `@group(0) @binding(2) var<storage, read> B: array<${ty(v.b[0] === "v")}>;`,
+    `@group(0) @binding(3) var<storage, read_write> C: array<${ty(v.cv)}>;`,
+  ];
+  if (v.bias) lines.push("@group(0) @binding(4) var<storage, read> bias: array<f32>;");
+  if (v.pre) {
+    lines.push(
+      `@group(0) @binding(${v.bias ? 5 : 4}) var<storage, read_write> Z: array<${ty(v.cv)}>;`,
+    );
+  }
+  if (v.act === "gelu" || v.act === "quick_gelu") lines.push(ACTIVATION_WGSL);
+  return `${lines.join("\n")}
+fn pre(x: f32, bias_n: f32) -> f32 { return x * p.alpha + bias_n; }
+fn act(v: f32) -> f32 { return ${activationExpr(v.act, "v", "p.slope")}; }
+fn epi(x: f32, bias_n: f32) -> f32 { return act(pre(x, bias_n)); }`;
 }
 
 /**
@@ -157,10 +156,27 @@ function stores(
   for (let i = 0; i < TM; i++) {
     out.push(`if (${row(i)} < p.M) {`);
     out.push(`  let r${i} = (b * p.M + ${row(i)}) * p.N;`);
-    if (v.cv) {
+    if (v.cv && v.pre) {
+      for (let j = 0; j < TN; j += 4) {
+        const z = [0, 1, 2, 3].map((q) => `pre(c${i}_${j + q}, bias${j + q})`);
+        out.push(
+          `  if (${col(j)} < p.N) { let o = (r${i} + ${col(j)}) / 4u; let z = vec4<f32>(${z}); ` +
+            `Z[o] = z; C[o] = vec4<f32>(act(z.x), act(z.y), act(z.z), act(z.w)); }`,
+        );
+      }
+    } else if (v.cv) {
       for (let j = 0; j < TN; j += 4) {
         const e = [0, 1, 2, 3].map((q) => `epi(c${i}_${j + q}, bias${j + q})`);
         out.push(`  if (${col(j)} < p.N) { C[(r${i} + ${col(j)}) / 4u] = vec4<f32>(${e}); }`);
+      }
+    } else if (v.pre) {
+      for (let j = 0; j < TN; j++) {
+        out.push(
+          `  if (${col(j)} < p.N) { let o = r${i} + ${
+            col(j)
+          }; let z = pre(c${i}_${j}, bias${j}); ` +
+            `Z[o] = z; C[o] = act(z); }`,
+        );
       }
     } else {
       for (let j = 0; j < TN; j++) {
@@ -473,24 +489,34 @@ function checkBinding(name: string, buf: Buf, limit: number): void {
   }
 }
 
-/** The WGSL a call with these dims, tile and epilogue would run (for tests and inspection). */
-export function matmulCode(
+function variantOf(
   d: MatmulDims,
-  tile: MatmulTile,
-  bias = false,
-  activation: MatmulActivation = "none",
-): string {
-  return variantCode(variantOf(d, tile, bias, activation));
-}
-
-function variantOf(d: MatmulDims, t: MatmulTile, bias: boolean, act: MatmulActivation): Variant {
+  t: MatmulTile,
+  bias: boolean,
+  act: MatmulActivation,
+  pre: boolean,
+): Variant {
   const { a, b } = matmulModes(d, t);
   const cv = d.N % 4 === 0 && t.TN % 4 === 0;
-  return { t, a, b, cv, bias, act };
+  return { t, a, b, cv, bias, act, pre };
 }
 
-function variantCode(v: Variant): string {
-  return v.t.kind === "shared" ? sharedCode(v) : registerCode(v);
+/** A variant's name: its family, load modes and epilogue, and the tile (unique per source). */
+function variantName(v: Variant): string {
+  const t = v.t;
+  const shape = `${t.TM}x${t.TN}_${t.WX}x${t.WY}` + (t.kind === "shared" ? `_k${t.BK ?? 8}` : "") +
+    (t.rowsFirst ? "_rows" : "") + (t.KU && t.KU > 1 ? `_u${t.KU}` : "");
+  return `matmul_${t.kind ?? "register"}_${v.a}_${v.b}${v.cv ? "_c4" : ""}_${shape}` +
+    (v.bias ? "_bias" : "") + (v.act === "none" ? "" : `_${v.act}`) + (v.pre ? "_pre" : "");
+}
+
+const cached = codeCache();
+
+/** The WGSL of a variant, generated once per variant (a 32x32 tile is ~100 KB of source). */
+function variantCode(v: Variant): { name: string; code: string } {
+  const name = variantName(v);
+  const code = cached(name, () => (v.t.kind === "shared" ? sharedCode(v) : registerCode(v)));
+  return { name, code };
 }
 
 /**
@@ -499,8 +525,8 @@ function variantCode(v: Variant): string {
  * register blocks stop paying (llvmpipe, attention's p v with K = 197: 32 rows 80 ms, 16 rows
  * 57 ms); and big blocks over a row-major B unroll k further.
  */
-export function defaultTile(d: MatmulDims): MatmulTile {
-  const t = matmulTile(d);
+export function defaultTile(d: MatmulDims, g: Gpu = gpu()): MatmulTile {
+  const t = matmulTile(d, g.adapter, g.tuning);
   if ((t.kind ?? "register") !== "register" || t.TM <= 16) return t;
   const { a, b } = matmulModes(d, t);
   if (a === "sk" || a === "sm") return { ...t, TM: 16 };
@@ -540,12 +566,13 @@ export function matmulKernel(
   checkBinding("B", b, limits.maxStorageBufferBindingSize);
   checkBinding("C", c, limits.maxStorageBufferBindingSize);
   const act = epilogue.activation ?? "none";
-  if (!(act in ACT)) throw new RangeError(`matmul: unknown activation "${act}"`);
-  const v = variantOf(d, t, bias !== null, act);
-  const code = variantCode(v);
-  const name = `matmul_${t.kind ?? "register"}_${v.a}_${v.b}${bias ? "_bias" : ""}` +
-    (act === "none" ? "" : `_${act}`);
-  const bufs = bias ? [a, b, c, bias] : [a, b, c];
+  if (!MATMUL_ACTIVATIONS.includes(act)) {
+    throw new RangeError(`matmul: unknown activation "${act}"`);
+  }
+  const pre = epilogue.pre ?? null;
+  if (pre) checkBinding("pre", pre, limits.maxStorageBufferBindingSize);
+  const { name, code } = variantCode(variantOf(d, t, bias !== null, act, pre !== null));
+  const bufs = [a, b, c, ...(bias ? [bias] : []), ...(pre ? [pre] : [])];
   const BM = t.TM * t.WY, BN = t.TN * t.WX;
   const nBlocks = Math.ceil(d.N / BN), mBlocks = Math.ceil(d.M / BM), gz = d.batch;
   const rowsFirst = (t.kind ?? "register") === "register" && (t.rowsFirst ?? false);

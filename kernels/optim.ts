@@ -159,7 +159,7 @@ export function sumSquaresKernel(x: Buf, n: number, partials: Buf, offset: numbe
 }
 
 const CLIP_SCALE_WGSL = /* wgsl */ `
-struct P { count: u32, max_norm: f32 }
+struct P { count: u32, max_norm: f32, nan_bits: u32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> partials: array<f32>;
 @group(0) @binding(2) var<storage, read_write> norm: array<f32>;
@@ -177,15 +177,19 @@ fn main(@builtin(local_invocation_index) li: u32) {
   }
   if (li == 0u) {
     let total = sqrt(part[0]);
-    norm[0] = total;
+    // Finite by its bits (a compiler may assume no NaN/Inf in comparisons). A non-finite norm is
+    // reported as NaN and scales nothing: a 0 or NaN factor would wipe every gradient.
+    let finite = (bitcast<u32>(total) & 0x7f800000u) != 0x7f800000u;
+    norm[0] = select(bitcast<f32>(p.nan_bits), total, finite);
     // torch.nn.utils.clip_grad_norm_: scale by max / (norm + 1e-6), never above 1.
-    scale[0] = min(1.0, p.max_norm / (total + 1e-6));
+    scale[0] = select(1.0, min(1.0, p.max_norm / (total + 1e-6)), finite);
   }
 }`;
 
 /**
  * Sum `count` partials into the total norm `norm[0] = sqrt(sum)` and the clipping factor
- * `scale[0] = min(1, maxNorm / (norm + 1e-6))`.
+ * `scale[0] = min(1, maxNorm / (norm + 1e-6))`; a non-finite norm gives `norm[0] = NaN` and
+ * `scale[0] = 1`.
  */
 export function clipScaleKernel(
   partials: Buf,
@@ -194,7 +198,7 @@ export function clipScaleKernel(
   norm: Buf,
   scale: Buf,
 ): void {
-  const u = new Params().u32(count).f32(maxNorm).build();
+  const u = new Params().u32(count).f32(maxNorm).u32(0x7fc00000 /* quiet NaN */).build();
   dispatch("clip_scale", CLIP_SCALE_WGSL, [partials, norm, scale], u, [1]);
 }
 

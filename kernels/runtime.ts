@@ -13,13 +13,27 @@
  * one unsafe case, a CPU upload into a buffer that an unsubmitted dispatch still reads, is handled
  * by {@link upload}, which submits first.
  */
-import { checkErrors, deferError, gpu, lostPromise } from "./device.ts";
+import { checkErrors, deferError, gpu, GpuError, lostPromise, onNewDevice } from "./device.ts";
 
-/** A pooled GPU buffer. `bytes` is the capacity; `batch` the last batch that used it. */
+/**
+ * A pooled GPU buffer. `bytes` is the capacity; `batch` the last batch that used it; `gen` the
+ * device generation it belongs to (a buffer of a lost device cannot be used).
+ */
 export interface Buf {
   readonly buffer: GPUBuffer;
   readonly bytes: number;
   batch: number;
+  readonly gen: number;
+}
+
+/** Throw a clear GpuError when `buf` belongs to a device older than `generation`. */
+function checkLive(buf: Buf, generation: number): void {
+  if (buf.gen !== generation) {
+    throw new GpuError(
+      "a tensor of a lost WebGPU device was used: tensors do not survive their device; " +
+        "create them again after init()",
+    );
+  }
 }
 
 const USAGE = 0x80 /* STORAGE */ | 0x04 /* COPY_SRC */ | 0x08; /* COPY_DST */
@@ -50,6 +64,8 @@ class BufferPool {
   allocatedBytes = 0;
   inUseBytes = 0;
   buffers = 0;
+  /** Generation of the device the pooled buffers belong to (0 until the first allocation). */
+  gen = 0;
 
   acquire(bytes: number): Buf {
     const size = sizeClass(bytes);
@@ -57,7 +73,8 @@ class BufferPool {
     const hit = list?.pop();
     this.inUseBytes += size;
     if (hit) return hit;
-    const { device, adapter } = gpu();
+    const { device, adapter, generation } = gpu();
+    if (this.gen === 0) this.gen = generation;
     if (size > adapter.limits.maxBufferSize) {
       this.inUseBytes -= size;
       throw new RangeError(
@@ -68,10 +85,11 @@ class BufferPool {
     const buffer = device.createBuffer({ size, usage: USAGE });
     this.allocatedBytes += size;
     this.buffers++;
-    return { buffer, bytes: size, batch: 0 };
+    return { buffer, bytes: size, batch: 0, gen: this.gen };
   }
 
   release(buf: Buf): void {
+    if (buf.gen !== this.gen) return; // its device is gone, and so is the buffer
     this.inUseBytes -= buf.bytes;
     let list = this.free.get(buf.bytes);
     if (!list) this.free.set(buf.bytes, list = []);
@@ -89,6 +107,13 @@ class BufferPool {
       }
     }
     this.free.clear();
+  }
+
+  /** A new device replaced a lost one: every buffer the pool knew died with the old one. */
+  forget(generation: number): void {
+    this.free.clear();
+    this.allocatedBytes = this.inUseBytes = this.buffers = 0;
+    this.gen = generation;
   }
 
   stats(): PoolStats {
@@ -178,7 +203,12 @@ export function dispatch(
   workgroups: [number, number?, number?],
 ): void {
   checkErrors();
-  const { device } = gpu();
+  const { device, generation } = gpu();
+  if (capturing) {
+    const [x, y = 1, z = 1] = workgroups;
+    capturing.push({ name, code, workgroups: [x, y, z], buffers: buffers.length });
+    return;
+  }
   if (recorded >= MAX_DISPATCHES) flush();
   const p = pipeline(name, code);
   const entries: GPUBindGroupEntry[] = [];
@@ -195,6 +225,7 @@ export function dispatch(
   }
   const first = uniforms ? 1 : 0;
   for (let i = 0; i < buffers.length; i++) {
+    checkLive(buffers[i], generation);
     buffers[i].batch = batchId;
     entries.push({ binding: first + i, resource: { buffer: buffers[i].buffer } });
   }
@@ -225,8 +256,9 @@ export function flush(): void {
 
 /** Copy CPU data into a pooled buffer, submitting first if recorded work still reads it. */
 export function upload(buf: Buf, data: ArrayBufferView, byteOffset = 0): void {
+  const { device, generation } = gpu();
+  checkLive(buf, generation);
   if (buf.batch === batchId && encoder) flush();
-  const { device } = gpu();
   const bytes = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
   // writeBuffer needs a multiple of 4 bytes; every dtype here is 4 bytes wide.
   device.queue.writeBuffer(buf.buffer, byteOffset, bytes);
@@ -234,37 +266,185 @@ export function upload(buf: Buf, data: ArrayBufferView, byteOffset = 0): void {
 
 /**
  * Read `bytes` bytes of `buf` back to the CPU: records a copy, submits, waits. The only place
- * that waits on the GPU; a lost device rejects instead of hanging.
+ * that waits on the GPU; a lost device rejects with a {@link GpuError} instead of hanging. When
+ * kernels recorded input checks since the last readback (see {@link checkSlot}), their words
+ * come back in the same copy and a failed check throws its RangeError here.
  */
 export async function readback(buf: Buf, bytes: number, byteOffset = 0): Promise<ArrayBuffer> {
   checkErrors();
-  const { device } = gpu();
+  const { device, generation } = gpu();
+  checkLive(buf, generation);
   const size = Math.max(4, Math.ceil(bytes / 4) * 4);
-  const staging = device.createBuffer({ size, usage: 0x01 /* MAP_READ */ | 0x08 });
+  const checks = takeChecks();
+  const staging = device.createBuffer({
+    size: size + checks.bytes,
+    usage: 0x01 /* MAP_READ */ | 0x08,
+  });
   pass?.end();
   pass = null;
   encoder ??= device.createCommandEncoder();
   encoder.copyBufferToBuffer(buf.buffer, byteOffset, staging, 0, size);
+  if (checks.bytes > 0) {
+    encoder.copyBufferToBuffer(checks.buf!.buffer, 0, staging, size, checks.bytes);
+    encoder.clearBuffer(checks.buf!.buffer, 0, checks.bytes);
+  }
   flush();
   counters.readbacks++;
   try {
-    await Promise.race([staging.mapAsync(0x01 /* READ */), lostPromise()]);
-    const out = staging.getMappedRange().slice(0, bytes);
+    await waitOrLost(staging.mapAsync(0x01 /* READ */), "readback");
+    const mapped = staging.getMappedRange();
+    const out = mapped.slice(0, bytes);
+    const words = checks.bytes > 0
+      ? new Uint32Array(mapped.slice(size, size + checks.bytes))
+      : null;
     staging.unmap();
     checkErrors();
+    if (words) reportChecks(words, checks.sites);
     return out;
   } finally {
     staging.destroy();
   }
 }
 
-/** Submit pending work and wait until the GPU has finished it (for benchmarks). */
+/**
+ * Submit pending work and wait until the GPU has finished it (for benchmarks). Pending input
+ * checks are read and reported as by {@link readback}.
+ */
 export async function sync(): Promise<void> {
+  if (checkSites.length > 0 && checkBuf) {
+    await readback(checkBuf, 0);
+    return;
+  }
   flush();
   const { device } = gpu();
-  await Promise.race([device.queue.onSubmittedWorkDone(), lostPromise()]);
+  await waitOrLost(device.queue.onSubmittedWorkDone(), "sync");
   checkErrors();
 }
+
+/**
+ * Await `work` or the device's loss, whichever comes first. A rejected map or wait (as after
+ * `device.destroy()`, before the loss is reported) becomes a GpuError naming the loss when it is
+ * reported within a moment.
+ */
+async function waitOrLost(work: Promise<unknown>, what: string): Promise<void> {
+  const lost = lostPromise();
+  try {
+    await Promise.race([work, lost]);
+  } catch (e) {
+    if (e instanceof GpuError) throw e;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    const loss = await Promise.race([
+      lost.then(() => null, (l) => l as GpuError),
+      new Promise<null>((r) => timer = setTimeout(() => r(null), 250)),
+    ]);
+    clearTimeout(timer);
+    throw loss ?? new GpuError(`WebGPU ${what} failed: ${(e as Error).message ?? e}`);
+  }
+}
+
+// ---- input checks on the GPU ------------------------------------------------------------------
+
+/** u32 words per check slot: count, max of (bad value ^ 0x80000000), max of ~(that). */
+const SLOT_WORDS = 4;
+/** Slots between two readbacks; later checks share the last slot. */
+const CHECK_SLOTS = 64;
+
+/** What a failed check reports: how many values failed and the smallest and largest of them. */
+export interface CheckResult {
+  count: number;
+  min: number;
+  max: number;
+}
+
+let checkBuf: Buf | null = null;
+/** Messages of the checks recorded since the last readback, one per slot in use. */
+let checkSites: ((r: CheckResult) => string)[] = [];
+
+/**
+ * Reserve a slot of the device-side check buffer for one launch that validates its inputs on the
+ * GPU (so checking them costs no readback). The kernel binds `buf` as
+ * `array<atomic<u32>>` (see `CHECK_WGSL` in `wgsl.ts`) and reports each bad value into word
+ * `slot * 4`; the next readback (or `sync`) brings the words back with its data and throws
+ * `RangeError(message(result))` for the first slot that saw a bad value. Slots past the 64th of a
+ * batch share the last one, whose message then names the first of those launches.
+ */
+export function checkSlot(message: (r: CheckResult) => string): { buf: Buf; slot: number } {
+  if (!checkBuf) {
+    const { device, generation } = gpu();
+    const buffer = device.createBuffer({ size: CHECK_SLOTS * SLOT_WORDS * 4, usage: USAGE });
+    checkBuf = { buffer, bytes: CHECK_SLOTS * SLOT_WORDS * 4, batch: 0, gen: generation };
+  }
+  if (capturing) return { buf: checkBuf, slot: 0 };
+  if (checkSites.length < CHECK_SLOTS) checkSites.push(message);
+  return { buf: checkBuf, slot: checkSites.length - 1 };
+}
+
+/** Hand the pending checks to a readback: the buffer, the bytes in use, their messages. */
+function takeChecks(): { buf: Buf | null; bytes: number; sites: ((r: CheckResult) => string)[] } {
+  const sites = checkSites;
+  checkSites = [];
+  return { buf: checkBuf, bytes: sites.length * SLOT_WORDS * 4, sites };
+}
+
+function reportChecks(words: Uint32Array, sites: ((r: CheckResult) => string)[]): void {
+  for (let i = 0; i < sites.length; i++) {
+    const count = words[i * SLOT_WORDS];
+    if (count === 0) continue;
+    const max = (words[i * SLOT_WORDS + 1] ^ 0x80000000) | 0;
+    const min = (~words[i * SLOT_WORDS + 2] ^ 0x80000000) | 0;
+    throw new RangeError(sites[i]({ count, min, max }));
+  }
+}
+
+// ---- capture (for printing the WGSL a launch runs) --------------------------------------------
+
+/** One dispatch seen by {@link captureDispatches}. */
+export interface CapturedDispatch {
+  /** The kernel's name (its variant). */
+  name: string;
+  /** The WGSL source. */
+  code: string;
+  /** Workgroups in x, y, z. */
+  workgroups: [number, number, number];
+  /** Storage buffers bound. */
+  buffers: number;
+}
+
+let capturing: CapturedDispatch[] | null = null;
+
+/**
+ * Run `fn` with dispatching replaced by recording: every kernel launch inside it is listed with
+ * its WGSL instead of running (nothing is submitted, no buffer is read or written by a kernel).
+ * The launch functions choose their variants exactly as they would for real, so this prints what
+ * a call runs on this device (`deno task wgsl`).
+ */
+export function captureDispatches(fn: () => void): CapturedDispatch[] {
+  const out: CapturedDispatch[] = [];
+  const prev = capturing;
+  capturing = out;
+  try {
+    fn();
+  } finally {
+    capturing = prev;
+  }
+  return out;
+}
+
+// ---- a new device ------------------------------------------------------------------------------
+
+onNewDevice((generation) => {
+  // Everything below belongs to the lost device: drop it without touching it.
+  pool.forget(generation);
+  pipelines.clear();
+  encoder = null;
+  pass = null;
+  arena = null;
+  arenaUsed = 0;
+  recorded = 0;
+  batchId++;
+  checkBuf = null;
+  checkSites = [];
+});
 
 /**
  * Workgroup counts for `n` workgroups in a 2-D grid that respects

@@ -17,8 +17,7 @@
  */
 import { type Buf, dispatch, grid } from "./runtime.ts";
 import { gpu } from "./device.ts";
-import { isCpuAdapter } from "./tune.ts";
-import { codeCache, FLAT_WG, Params } from "./wgsl.ts";
+import { codeCache, FLAT_WG, NEG_BIG_WGSL, Params } from "./wgsl.ts";
 
 /** How a row kernel covers rows of `n` floats. */
 export interface RowPlan {
@@ -49,13 +48,6 @@ export interface RowOptions {
   threads?: number;
 }
 
-let cpuCache: { adapter: unknown; cpu: boolean } | null = null;
-function onCpu(): boolean {
-  const a = gpu().adapter;
-  if (cpuCache?.adapter !== a) cpuCache = { adapter: a, cpu: isCpuAdapter(a) };
-  return cpuCache.cpu;
-}
-
 /**
  * Plan a row kernel for `rows` rows of `n` floats: vec4 units when n % 4 == 0, the launch shape
  * for this adapter, register caching when the row fits.
@@ -70,7 +62,7 @@ function onCpu(): boolean {
 export function rowPlan(n: number, rows: number, opts: RowOptions = {}): RowPlan {
   const vec = n > 0 && n % 4 === 0;
   const units = vec ? n / 4 : n;
-  const cpu = onCpu();
+  const cpu = gpu().tuning.cpu;
   let tpr = opts.threads ?? 0;
   if (tpr) {
     if (!Number.isInteger(Math.log2(tpr)) || tpr > 256) {
@@ -203,9 +195,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
   let lead = ${lane ? "true" : "li == 0u"};`;
 }
 
-/** Most negative finite f32: the identity of max that still gives exp(init - init) = 1, not NaN. */
-export const NEG_BIG = "-3.4028234e38";
-
 /** Combine two (max, sum of exp(x - max)) pairs into one. */
 const LSE_COMBINE =
   "vec2<f32>(max(a.x, b.x), a.y * exp(a.x - max(a.x, b.x)) + b.y * exp(b.x - max(a.x, b.x)))";
@@ -214,6 +203,10 @@ const LSE_COMBINE =
  * WGSL that leaves `m` (row max) and `s` (sum of exp(x - m)) for the row of `x` in every
  * invocation: two register passes when cached, one online pass when streamed. Declares `lse`'s
  * tree helper through {@link lseReduceDecl}.
+ *
+ * NaN and Inf propagate without a NaN-aware max: whether `max` keeps or drops a NaN, the NaN
+ * reaches the sum through exp(x - m) (and +Inf gives Inf - Inf = NaN there), so the whole row's
+ * output is NaN, as in PyTorch; -Inf entries get probability 0.
  */
 export function rowLogSumExp(plan: RowPlan, extra = ""): string {
   const local = plan.vpt > 0
@@ -225,7 +218,7 @@ export function rowLogSumExp(plan: RowPlan, extra = ""): string {
       `let mn = max(lm, hmax(xv)); ls = ls * exp(lm - mn) + hsum(exp(xv - V(mn))); lm = mn; ${extra}`,
     );
   return /* wgsl */ `
-  var lm = ${NEG_BIG};
+  var lm = ${NEG_BIG_WGSL};
   var ls = 0.0;
   ${local}`;
 }

@@ -1,13 +1,42 @@
 /**
- * Kernel shapes per adapter. A CPU rasteriser (llvmpipe, lavapipe, SwiftShader) runs each
- * workgroup on one core with invocations as SIMD lanes: there, big register tiles and no
- * workgroup memory win (DESIGN.md section 3), and every lane should read the same A values so the
- * compiler emits one scalar load instead of a per-lane gather. A real GPU wants the opposite:
- * workgroup-memory tiles shared by 256 invocations with a few outputs each.
+ * Kernel shapes per adapter, and the per-device {@link Tuning} state every launch reads. A CPU
+ * rasteriser (llvmpipe, lavapipe, SwiftShader) runs each workgroup on one core with invocations
+ * as SIMD lanes: there, big register tiles and no workgroup memory win (DESIGN.md section 3), and
+ * every lane should read the same A values so the compiler emits one scalar load instead of a
+ * per-lane gather. A real GPU wants the opposite: workgroup-memory tiles shared by 256
+ * invocations with a few outputs each.
  *
- * `CLIPIT_MATMUL_KIND=register|shared` forces one family (benchmarks, tests).
+ * {@link isCpuAdapter} is the one place that tells the two apart; `init()` stores its answer in
+ * the device's {@link Tuning}, together with the overrides (`InitOptions`, or the environment read
+ * once at init: `CLIPIT_MATMUL_KIND=register|shared`).
  */
-import { type AdapterDescription, gpu } from "./device.ts";
+import type { AdapterDescription } from "./device.ts";
+
+/** A matmul kernel family (see {@link MatmulTile}). */
+export type MatmulKind = "register" | "shared";
+
+/**
+ * How the attention kernels read their K/V (or Q/dO) tiles: `shared` stages them in workgroup
+ * memory (real GPUs), `direct` reads them from the storage buffers, `blocked` is `direct` with
+ * the lanes-along-queries forward (CPU adapters, D % 4 == 0), `auto` picks per adapter. See
+ * `attention.ts`.
+ */
+export type TileMode = "auto" | "shared" | "direct" | "blocked";
+
+/**
+ * Kernel choices of one device, fixed when it is created and read by every launch: whether the
+ * adapter runs shaders on the CPU, and the forced variants. Tests and benchmarks force a variant
+ * per call through the kernels' options instead; changing a field here affects every later launch
+ * on this device.
+ */
+export interface Tuning {
+  /** The adapter runs shaders on the CPU ({@link isCpuAdapter}); every CPU/GPU choice reads it. */
+  cpu: boolean;
+  /** Matmul family for products without an explicit tile; null picks per adapter. */
+  matmulKind: MatmulKind | null;
+  /** Attention tile mode for calls without one ("auto" picks per adapter). */
+  attentionTiles: TileMode;
+}
 
 /**
  * How one matmul dispatch is shaped.
@@ -23,7 +52,7 @@ export interface MatmulTile {
   WX: number;
   WY: number;
   /** Kernel family; `register` when absent. */
-  kind?: "register" | "shared";
+  kind?: MatmulKind;
   /** Depth of the workgroup-memory tile (shared kind only); default 8. */
   BK?: number;
   /**
@@ -50,13 +79,13 @@ export function isCpuAdapter(a: AdapterDescription): boolean {
     a.vendor === "65541" /* VK_VENDOR_ID_MESA: llvmpipe through Vulkan */;
 }
 
-function forcedKind(): "register" | "shared" | null {
-  try {
-    const v = Deno.env.get("CLIPIT_MATMUL_KIND");
-    return v === "register" || v === "shared" ? v : null;
-  } catch {
-    return null; // no --allow-env
-  }
+/** The {@link Tuning} of a new device on adapter `a`, with `overrides` applied. */
+export function tuningFor(a: AdapterDescription, overrides: Partial<Tuning> = {}): Tuning {
+  return {
+    cpu: overrides.cpu ?? isCpuAdapter(a),
+    matmulKind: overrides.matmulKind ?? null,
+    attentionTiles: overrides.attentionTiles ?? "auto",
+  };
 }
 
 function count(s: MatmulShape, bm: number, bn: number): number {
@@ -103,11 +132,15 @@ function gpuTile(s: MatmulShape, a: AdapterDescription): MatmulTile {
 }
 
 /**
- * The tile to use for a matmul of shape `s` on the current adapter (or `adapter` if given).
- * Honours `CLIPIT_MATMUL_KIND`.
+ * The tile to use for a matmul of shape `s` on adapter `a`: `tuning.matmulKind` when set, else
+ * the register family on CPU adapters (`tuning.cpu`, or {@link isCpuAdapter}) and the
+ * workgroup-memory family on GPUs.
  */
-export function matmulTile(s: MatmulShape, adapter?: AdapterDescription): MatmulTile {
-  const a = adapter ?? gpu().adapter;
-  const kind = forcedKind() ?? (isCpuAdapter(a) ? "register" : "shared");
+export function matmulTile(
+  s: MatmulShape,
+  a: AdapterDescription,
+  tuning: Partial<Tuning> = {},
+): MatmulTile {
+  const kind = tuning.matmulKind ?? ((tuning.cpu ?? isCpuAdapter(a)) ? "register" : "shared");
   return kind === "register" ? cpuTile(s) : gpuTile(s, a);
 }

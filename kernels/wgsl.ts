@@ -9,18 +9,39 @@
 export const FLAT_WG = "(wg.x + wg.y * nwg.x)";
 
 /**
- * erf for exact GELU. WGSL has no erf: this is Abramowitz & Stegun 7.1.26, a rational
- * approximation with max abs error 1.5e-7 (about fp32 resolution near 1).
+ * The most negative finite f32, -3.4028234663852886e38: the engine's one "very negative" value,
+ * for initial maxima and masks. exp(NEG_BIG - NEG_BIG) = 1 and exp(NEG_BIG - x) = 0 for any
+ * ordinary x, so a masked or empty lane never produces NaN the way -Infinity would.
  */
-export const ERF_WGSL = /* wgsl */ `
-fn erf_approx(x: f32) -> f32 {
-  let s = sign(x);
-  let a = abs(x);
-  let t = 1.0 / (1.0 + 0.3275911 * a);
-  let y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
-    + 0.254829592) * t * exp(-a * a);
-  return s * y;
+export const NEG_BIG = -3.4028234663852886e38;
+
+/** {@link NEG_BIG} as a WGSL f32 literal (exact: it is an f32 value). */
+export const NEG_BIG_WGSL = "-3.4028234663852886e38";
+
+/**
+ * `is_nan(x)` and `max_nan(a, b)`: WGSL's `max` may drop a NaN operand (the spec leaves it to the
+ * implementation), so reductions that must propagate NaN use `max_nan`, which tests the bits
+ * (a comparison such as `x != x` may be folded away by a compiler that assumes no NaN).
+ */
+export const NAN_WGSL = /* wgsl */ `
+fn is_nan(x: f32) -> bool { return (bitcast<u32>(x) & 0x7fffffffu) > 0x7f800000u; }
+fn max_nan(a: f32, b: f32) -> f32 { return select(select(max(a, b), b, is_nan(b)), a, is_nan(a)); }`;
+
+/**
+ * The check binding of a kernel that validates an input on the GPU (see `checkSlot` in
+ * `runtime.ts`): `checks` at `binding`, and `report_bad(slot, value)`, which counts `value` as bad
+ * in `slot` and keeps the largest and smallest such value. Atomics only run for bad values.
+ */
+export function checkWgsl(binding: number): string {
+  return /* wgsl */ `
+@group(0) @binding(${binding}) var<storage, read_write> checks: array<atomic<u32>>;
+fn report_bad(slot: u32, value: i32) {
+  let key = bitcast<u32>(value) ^ 0x80000000u; // order-preserving i32 -> u32
+  atomicAdd(&checks[slot * 4u], 1u);
+  atomicMax(&checks[slot * 4u + 1u], key);
+  atomicMax(&checks[slot * 4u + 2u], ~key); // the minimum, with a zero-initialised word
 }`;
+}
 
 /**
  * Packs a kernel's uniform struct. Fields are 4-byte scalars written in declaration order;

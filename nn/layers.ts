@@ -14,7 +14,7 @@
 import { Module } from "./module.ts";
 import { ones, rand, randn, Rng, type Tensor, zeros } from "./tensor.ts";
 import { add, relu, sigmoid, tanh } from "./ops/elementwise.ts";
-import { matmul } from "./ops/matmul.ts";
+import { linear, type LinearActivation, matmul } from "./ops/matmul.ts";
 import { permute, reshape, slice } from "./ops/shape.ts";
 import { attention } from "./ops/attention.ts";
 import { embedding } from "./ops/embedding.ts";
@@ -130,6 +130,21 @@ export class Linear extends Module {
     }
     const y = matmul(x, this.weight, { transposeB: true, bias: this.bias });
     return this.adapter ? this.adapter.adapt(x, y) : y;
+  }
+
+  /**
+   * act(x W^T + b): the activation fused into the matmul (one dispatch, see `linear`), or applied
+   * after the adapter when the layer has one (the adapter must see the product first).
+   */
+  forwardActivated(x: Tensor, activation: LinearActivation): Tensor {
+    if (this.adapter || activation === "none") {
+      const y = this.forward(x);
+      return activation === "none" ? y : activationFn(activation)(y);
+    }
+    if (x.shape[x.rank - 1] !== this.inFeatures) {
+      throw new RangeError(`Linear(${this.inFeatures}, ${this.outFeatures}): input is ${x}`);
+    }
+    return linear(x, this.weight, this.bias, { activation });
   }
 }
 
@@ -331,6 +346,8 @@ export class FeedForward extends Module {
   proj: Linear;
   /** The activation between `c_fc` and `c_proj`. */
   readonly act: (x: Tensor) => Tensor;
+  /** The activation when `c_fc`'s matmul applies it in its epilogue (gelu, quickGelu, relu). */
+  private readonly fused: LinearActivation | null;
 
   /** An MLP width -> hidden -> width. */
   constructor(width: number, hidden: number, opts: FeedForwardOptions = {}) {
@@ -338,12 +355,15 @@ export class FeedForward extends Module {
     const rng = rngOf(opts);
     this.fc = this.child("c_fc", new Linear(width, hidden, { rng }));
     this.proj = this.child("c_proj", new Linear(hidden, width, { rng }));
-    this.act = activationFn(opts.activation ?? "gelu");
+    const a = opts.activation ?? "gelu";
+    this.act = activationFn(a);
+    this.fused = a === "gelu" || a === "quickGelu" || a === "relu" ? a : null;
   }
 
   /** x [..., width] -> [..., width]. */
   forward(x: Tensor): Tensor {
-    return this.proj.forward(this.act(this.fc.forward(x)));
+    const h = this.fused ? this.fc.forwardActivated(x, this.fused) : this.act(this.fc.forward(x));
+    return this.proj.forward(h);
   }
 }
 

@@ -271,7 +271,7 @@ export async function saveLora(model: LoraHost, path: string): Promise<void> {
   if (adapters.length === 0) throw new Error(`saveLora ${path}: the model has no adapters`);
   const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};
   for (const [name, t] of loraStateDict(model)) {
-    tensors[name] = { dtype: "F32", shape: [...t.shape], data: await t.toArray() };
+    tensors[name] = { dtype: "F32", shape: [...t.shape], data: await t.toFloat32Array() };
   }
   await writeSafetensors(path, tensors, {
     lora_rank: String(adapters[0].rank),

@@ -246,6 +246,11 @@ export class AdamW extends Adam {
  * together. Parameters without a gradient are skipped. Everything happens on the GPU (no
  * readback); returns the total norm before clipping as a scalar tensor (shape []), which the
  * caller owns and may read.
+ *
+ * A non-finite norm (a NaN or Inf anywhere in the gradients, or an overflowing sum of squares)
+ * is returned as NaN and leaves every gradient as it is: nothing is scaled by 0 or NaN, and
+ * clipGradNorm never touches the parameters. A trainer reads the norm and stops (or skips the
+ * step) when it is NaN; `opt.step()` would apply the non-finite gradients.
  */
 export function clipGradNorm(params: Iterable<Tensor>, maxNorm: number): Tensor {
   if (!(maxNorm > 0)) throw new RangeError(`clipGradNorm: maxNorm must be > 0, got ${maxNorm}`);

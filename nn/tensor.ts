@@ -31,7 +31,8 @@ const scopes: Set<Tensor>[] = [];
 
 /**
  * Run `fn`, then dispose every tensor created inside it except those it returns (a tensor, or an
- * array / object of tensors) and those passed to {@link keep}. Synchronous functions only: an
+ * array, object, Map (keys and values) or Set of tensors, nested) and those passed to
+ * {@link keep}. Synchronous functions only: an
  * `await` inside would let other code's tensors land in this scope.
  */
 export function tidy<T>(fn: () => T): T {
@@ -57,8 +58,13 @@ export function tidy<T>(fn: () => T): T {
 
 function collect(x: unknown, out: Set<Tensor>): void {
   if (x instanceof Tensor) out.add(x);
-  else if (Array.isArray(x)) x.forEach((y) => collect(y, out));
-  else if (x && typeof x === "object" && !(x instanceof Promise)) {
+  else if (Array.isArray(x) || x instanceof Set) x.forEach((y) => collect(y, out));
+  else if (x instanceof Map) {
+    x.forEach((v, k) => {
+      collect(k, out);
+      collect(v, out);
+    });
+  } else if (x && typeof x === "object" && !(x instanceof Promise)) {
     for (const v of Object.values(x)) collect(v, out);
   }
 }
@@ -154,12 +160,19 @@ export class Tensor {
     return new Tensor(s!, shape, this.dtype);
   }
 
-  /** Copy the values to the CPU as float32 (int32 tensors are converted). */
-  async toArray(): Promise<Float32Array> {
+  /**
+   * Copy the values to the CPU: a Float32Array for a float32 tensor, an Int32Array for an int32
+   * one (exact). {@link toFloat32Array} and {@link toInt32Array} say which they expect.
+   */
+  async toArray(): Promise<Float32Array | Int32Array> {
     const bytes = await readback(this.buf, this.size * 4);
-    return this.dtype === "int32"
-      ? Float32Array.from(new Int32Array(bytes))
-      : new Float32Array(bytes);
+    return this.dtype === "int32" ? new Int32Array(bytes) : new Float32Array(bytes);
+  }
+
+  /** Copy a float32 tensor's values to the CPU (throws a TypeError on an int32 tensor). */
+  async toFloat32Array(): Promise<Float32Array> {
+    if (this.dtype !== "float32") throw new TypeError(`toFloat32Array() on ${this}`);
+    return new Float32Array(await readback(this.buf, this.size * 4));
   }
 
   /** Copy an int32 tensor's values to the CPU exactly. */

@@ -6,86 +6,14 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { poolStats, sizeClass } from "../kernels/runtime.ts";
-import { setAttentionTiles, sharedTiles, type TileMode } from "../kernels/attention.ts";
+import { attentionTileMode, type TileMode } from "../kernels/attention.ts";
 import { backward } from "../nn/autograd.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import { mul, sum } from "../nn/ops/index.ts";
 import { attention, type AttentionOptions, attentionUnfused } from "../nn/ops/attention.ts";
+import { attentionRef, type AttentionRefDims } from "../kernels/attention_ref.ts";
 
-interface Case {
-  B: number;
-  H: number;
-  Tq: number;
-  Tk: number;
-  D: number;
-  causal: boolean;
-  scale?: number;
-}
-
-interface Ref {
-  o: Float64Array;
-  dq: Float64Array;
-  dk: Float64Array;
-  dv: Float64Array;
-}
-
-/**
- * Float64 attention and its gradients for upstream gradient `g` (skipped when null). Causal is
- * top-left aligned: query i sees keys j <= i.
- */
-function attentionRef(
-  q: Float32Array,
-  k: Float32Array,
-  v: Float32Array,
-  g: Float32Array | null,
-  c: Case,
-  rows?: number[],
-): Ref {
-  const { B, H, Tq, Tk, D, causal } = c;
-  const sc = c.scale ?? 1 / Math.sqrt(D);
-  const o = new Float64Array(B * H * Tq * D);
-  const dq = new Float64Array(q.length), dk = new Float64Array(k.length);
-  const dv = new Float64Array(v.length);
-  const p = new Float64Array(Tk), dp = new Float64Array(Tk);
-  for (let bh = 0; bh < B * H; bh++) {
-    const qb = bh * Tq * D, kb = bh * Tk * D;
-    for (const i of rows ?? [...Array(Tq).keys()]) {
-      const n = causal ? Math.min(Tk, i + 1) : Tk;
-      let m = -Infinity;
-      for (let j = 0; j < n; j++) {
-        let s = 0;
-        for (let e = 0; e < D; e++) s += q[qb + i * D + e] * k[kb + j * D + e];
-        p[j] = s * sc;
-        m = Math.max(m, p[j]);
-      }
-      let l = 0;
-      for (let j = 0; j < n; j++) l += p[j] = Math.exp(p[j] - m);
-      for (let j = 0; j < n; j++) p[j] /= l;
-      for (let e = 0; e < D; e++) {
-        let s = 0;
-        for (let j = 0; j < n; j++) s += p[j] * v[kb + j * D + e];
-        o[qb + i * D + e] = s;
-      }
-      if (!g) continue;
-      let dot = 0;
-      for (let j = 0; j < n; j++) {
-        let s = 0;
-        for (let e = 0; e < D; e++) s += g[qb + i * D + e] * v[kb + j * D + e];
-        dp[j] = s;
-        dot += p[j] * s;
-      }
-      for (let j = 0; j < n; j++) {
-        const ds = p[j] * (dp[j] - dot) * sc;
-        for (let e = 0; e < D; e++) {
-          dq[qb + i * D + e] += ds * k[kb + j * D + e];
-          dk[kb + j * D + e] += ds * q[qb + i * D + e];
-          dv[kb + j * D + e] += p[j] * g[qb + i * D + e];
-        }
-      }
-    }
-  }
-  return { o, dq, dk, dv };
-}
+type Case = AttentionRefDims;
 
 function inputs(c: Case, seed: number) {
   const nq = c.B * c.H * c.Tq * c.D, nk = c.B * c.H * c.Tk * c.D;
@@ -151,21 +79,20 @@ for (const [n, c] of CASES.entries()) {
     // lanes-along-queries forward (CPU adapters, D % 4 == 0; other D fall back to direct).
     // On a CPU adapter the shared path is only checked for D = 7 and 16 (scalar and vec4 rows):
     // Mesa's GL compiler takes seconds to a minute (cold cache) per shared-tile kernel.
-    const both = sharedTiles() || c.D === 7 || c.D === 16;
+    const both = attentionTileMode() === "shared" || c.D === 7 || c.D === 16;
     const modes: TileMode[] = both ? ["shared", "direct"] : ["direct"];
     if (c.D % 4 === 0) modes.push("blocked");
     for (const mode of modes) {
-      const old = setAttentionTiles(mode);
-      try {
-        const [o, dq, dk, dv] = await runGpu(c, x);
-        const l = `${name(c)} ${mode}`;
-        assertClose(o, ref.o, FWD, `O ${l}`);
-        assertClose(dq, ref.dq, BWD, `dQ ${l}`);
-        assertClose(dk, ref.dk, BWD, `dK ${l}`);
-        assertClose(dv, ref.dv, BWD, `dV ${l}`);
-      } finally {
-        setAttentionTiles(old);
-      }
+      const [o, dq, dk, dv] = await runGpu(
+        c,
+        x,
+        (q, k, v, o) => attention(q, k, v, { ...o, tiles: mode }),
+      );
+      const l = `${name(c)} ${mode}`;
+      assertClose(o, ref.o, FWD, `O ${l}`);
+      assertClose(dq, ref.dq, BWD, `dQ ${l}`);
+      assertClose(dk, ref.dk, BWD, `dK ${l}`);
+      assertClose(dv, ref.dv, BWD, `dV ${l}`);
     }
   });
 }

@@ -7,7 +7,7 @@ import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { counters, dispatch, flush, poolStats } from "../kernels/runtime.ts";
 import { init, NoAdapterError } from "../kernels/device.ts";
 import { backward, detach, noGrad } from "../nn/autograd.ts";
-import { empty, keep, randn, tensor, tidy } from "../nn/tensor.ts";
+import { empty, keep, randn, type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import {
   add,
   broadcastTo,
@@ -35,37 +35,11 @@ import {
   transpose,
 } from "../nn/ops/index.ts";
 import { matmul } from "../nn/ops/matmul.ts";
+import { broadcastRef } from "../kernels/elementwise_ref.ts";
+import { denseMatmulRef } from "../kernels/matmul_ref.ts";
+import { reduceRef } from "../kernels/reduce_ref.ts";
 
 const F = { atol: 1e-5, rtol: 1e-5 };
-
-/** Float64 broadcast of a binary function over row-major arrays. */
-function broadcastRef(
-  a: Float32Array,
-  as: number[],
-  b: Float32Array,
-  bs: number[],
-  f: (x: number, y: number) => number,
-): { out: Float64Array; shape: number[] } {
-  const r = Math.max(as.length, bs.length);
-  const pa = [...Array(r - as.length).fill(1), ...as],
-    pb = [...Array(r - bs.length).fill(1), ...bs];
-  const shape = pa.map((d, i) => Math.max(d, pb[i]));
-  const n = shape.reduce((x, y) => x * y, 1);
-  const out = new Float64Array(n);
-  for (let i = 0; i < n; i++) {
-    let rem = i, ia = 0, ib = 0, sa = 1, sb = 1;
-    for (let d = r - 1; d >= 0; d--) {
-      const c = rem % shape[d];
-      rem = Math.floor(rem / shape[d]);
-      if (pa[d] !== 1) ia += c * sa;
-      if (pb[d] !== 1) ib += c * sb;
-      sa *= pa[d];
-      sb *= pb[d];
-    }
-    out[i] = f(a[ia], b[ib]);
-  }
-  return { out, shape };
-}
 
 gpuTest("tensor: creation, toArray, reshape view, dispose errors", async () => {
   const t = tensor([[1, 2, 3], [4, 5, 6]], [2, 3]);
@@ -77,14 +51,47 @@ gpuTest("tensor: creation, toArray, reshape view, dispose errors", async () => {
   r.dispose();
   assert.throws(() => add(t, t), /used after dispose/);
   assert.throws(() => tensor([1, 2, 3], [2, 2]), /3 values do not fill shape \[2,2\]/);
-  const ids = tensor(new Int32Array([3, -1, 7]));
+  const ids = tensor(new Int32Array([3, -1, 7, 2 ** 31 - 1]));
   assert.equal(ids.dtype, "int32");
-  assert.deepEqual([...await ids.toInt32Array()], [3, -1, 7]);
+  assert.deepEqual([...await ids.toInt32Array()], [3, -1, 7, 2 ** 31 - 1]);
+  // toArray() gives each dtype its own array type: int32 stays exact (2^31 - 1 is not a float).
+  const arr = await ids.toArray();
+  assert.ok(arr instanceof Int32Array, "toArray() of an int32 tensor is an Int32Array");
+  assert.deepEqual([...arr], [3, -1, 7, 2 ** 31 - 1]);
+  assert.ok((await tensor([1.5]).toArray()) instanceof Float32Array);
+  await assert.rejects(() => ids.toFloat32Array(), /toFloat32Array\(\) on Tensor/);
   ids.dispose();
 });
 
+gpuTest(
+  "tidy keeps the tensors it returns inside arrays, objects, Maps (keys and values), Sets",
+  () => {
+    const before = poolStats().inUseBytes;
+    const out = tidy(() => {
+      const scratch = tensor([9, 9]);
+      void scratch;
+      const k = tensor([1]), v = tensor([2]), s = tensor([3]), nested = tensor([4]);
+      return {
+        map: new Map<Tensor | string, Tensor | Map<string, Tensor>>([
+          [k, v],
+          ["inner", new Map([["t", nested]])],
+        ]),
+        set: new Set([s]),
+      };
+    });
+    const map = out.map as Map<Tensor | string, Tensor | Map<string, Tensor>>;
+    const [k, v] = [...map.entries()][0] as [Tensor, Tensor];
+    const nested = (map.get("inner") as Map<string, Tensor>).get("t")!;
+    const s = [...out.set][0];
+    for (const t of [k, v, nested, s]) assert.ok(!t.disposed, `${t} survived`);
+    // Only the scratch tensor was released: four survivors of one 256-byte size class each.
+    assert.equal(poolStats().inUseBytes - before, 4 * 256);
+    for (const t of [k, v, nested, s]) t.dispose();
+  },
+);
+
 gpuTest("tensor: seeded randn/rand are deterministic and have the right moments", async () => {
-  const a = await randn([4001], { seed: 3 }).toArray();
+  const a = await randn([4001], { seed: 3 }).toFloat32Array();
   const b = await randn([4001], { seed: 3 }).toArray();
   const c = await randn([4001], { seed: 4 }).toArray();
   assert.deepEqual(a, b);
@@ -171,21 +178,9 @@ gpuTest("reductions sum/mean/max over each axis and all match float64", async ()
       const got = tidy(() => keep({ sum, mean, max }[op](tensor(x, shape), axis)));
       const outShape = shape.filter((_, d) => d !== axis);
       assert.deepEqual(got.shape, outShape);
-      const ref: number[] = [];
-      const st = [7 * 33, 33, 1];
-      for (let i = 0; i < shape[(axis + 1) % 3] * shape[(axis + 2) % 3]; i++) ref.push(0);
-      const out = new Float64Array(outShape[0] * outShape[1]).fill(op === "max" ? -Infinity : 0);
-      for (let a = 0; a < 3; a++) {
-        for (let b = 0; b < 7; b++) {
-          for (let c = 0; c < 33; c++) {
-            const co = [a, b, c].filter((_, d) => d !== axis);
-            const o = co[0] * outShape[1] + co[1];
-            const v = x[a * st[0] + b * st[1] + c];
-            out[o] = op === "max" ? Math.max(out[o], v) : out[o] + v;
-          }
-        }
-      }
-      if (op === "mean") { for (let i = 0; i < out.length; i++) out[i] /= shape[axis]; }
+      const outer = shape.slice(0, axis).reduce((a, b) => a * b, 1);
+      const inner = shape.slice(axis + 1).reduce((a, b) => a * b, 1);
+      const out = reduceRef(op, x, outer, shape[axis], inner);
       assertClose(await got.toArray(), out, { atol: 1e-5, rtol: 1e-5 }, `${op} axis ${axis}`);
       got.dispose();
     }
@@ -309,12 +304,11 @@ gpuTest("autograd: backward releases intermediate gradients and saved tensors", 
 });
 
 gpuTest("matmul op: forward, transposes, bias, batch folding and backward", async () => {
-  const { matmulRef } = await import("./reference.ts");
   const A = randArray(2 * 7 * 33, 61), B = randArray(33 * 5, 62), bias = randArray(5, 63);
   const y = tidy(() =>
     keep(matmul(tensor(A, [2, 7, 33]), tensor(B, [33, 5]), { bias: tensor(bias) }))
   );
-  assertClose(await y.toArray(), matmulRef(A, B, 1, 14, 5, 33, false, false, bias), {
+  assertClose(await y.toArray(), denseMatmulRef(A, B, 1, 14, 5, 33, { bias }), {
     atol: 1e-4,
     rtol: 1e-5,
   }, "mm");

@@ -8,27 +8,8 @@ import assert from "node:assert/strict";
 import { cosineTopK, type TopK } from "../nn/retrieval.ts";
 import { tensor } from "../nn/tensor.ts";
 import { gpuTest, randArray } from "./util.ts";
-
-/** Float64 cosine similarities of every query with every key. */
-function cosines(Q: Float32Array, K: Float32Array, d: number, normalize = true): Float64Array[] {
-  const norm = (X: Float32Array, r: number) => {
-    let s = 0;
-    for (let i = 0; i < d; i++) s += X[r * d + i] ** 2;
-    return normalize ? Math.max(Math.sqrt(s), 1e-12) : 1;
-  };
-  const N = Q.length / d, M = K.length / d;
-  const kn = Array.from({ length: M }, (_, j) => norm(K, j));
-  return Array.from({ length: N }, (_, i) => {
-    const qn = norm(Q, i);
-    const row = new Float64Array(M);
-    for (let j = 0; j < M; j++) {
-      let s = 0;
-      for (let t = 0; t < d; t++) s += Q[i * d + t] * K[j * d + t];
-      row[j] = s / (qn * kn[j]);
-    }
-    return row;
-  });
-}
+import { cosineRef } from "../kernels/cosine_topk_ref.ts";
+import { gpu } from "../kernels/device.ts";
 
 /**
  * Check a result: scores sorted best first, each score the true cosine of its index (tolerance
@@ -55,7 +36,7 @@ function verify(r: TopK, ref: Float64Array[], k: number, label: string): void {
 gpuTest("cosineTopK: random odd sizes, several k, Float32Array and Tensor inputs", async () => {
   const d = 33, N = 37, M = 301;
   const Q = randArray(N * d, 1), K = randArray(M * d, 2);
-  const ref = cosines(Q, K, d);
+  const ref = cosineRef(Q, K, d);
   for (const k of [1, 5, 64]) {
     verify(await cosineTopK(Q, K, k, { dim: d }), ref, k, `arrays k=${k}`);
   }
@@ -100,13 +81,13 @@ gpuTest("cosineTopK: zero rows score 0, normalize: false ranks dot products", as
   K.fill(0, 2 * d, 3 * d); // key 2 is zero
   const Q = randArray(3 * d, 5);
   const r = await cosineTopK(Q, K, M, { dim: d });
-  verify(r, cosines(Q, K, d), M, "zero key");
+  verify(r, cosineRef(Q, K, d), M, "zero key");
   for (let i = 0; i < 3; i++) {
     const at = Array.from(r.indices.subarray(i * M, (i + 1) * M)).indexOf(2);
     assert.equal(r.scores[i * M + at], 0, "a zero key scores 0, not NaN");
   }
   const dot = await cosineTopK(Q, K, 4, { dim: d, normalize: false });
-  verify(dot, cosines(Q, K, d, false), 4, "dot products");
+  verify(dot, cosineRef(Q, K, d, false), 4, "dot products");
 });
 
 gpuTest("cosineTopK: tensors over the buffer limit are copied in row ranges", async () => {
@@ -115,7 +96,7 @@ gpuTest("cosineTopK: tensors over the buffer limit are copied in row ranges", as
   const tq = tensor(Q, [N, d]), tk = tensor(K, [M, d]);
   // 1 KiB buffers: each tensor (2-9 KiB) must be copied a range at a time.
   const r = await cosineTopK(tq, tk, 6, { maxBufferBytes: 1024 });
-  verify(r, cosines(Q, K, d), 6, "copied ranges");
+  verify(r, cosineRef(Q, K, d), 6, "copied ranges");
   tq.dispose();
   tk.dispose();
 });
@@ -123,11 +104,14 @@ gpuTest("cosineTopK: tensors over the buffer limit are copied in row ranges", as
 gpuTest("cosineTopK: the workgroup-memory matmul gives the same result", async () => {
   const d = 64, N = 40, M = 257;
   const Q = randArray(N * d, 8), K = randArray(M * d, 9);
-  Deno.env.set("CLIPIT_MATMUL_KIND", "shared");
+  // The device's tuning is what every launch without an explicit tile reads.
+  const { tuning } = gpu();
+  const old = tuning.matmulKind;
+  tuning.matmulKind = "shared";
   try {
-    verify(await cosineTopK(Q, K, 12, { dim: d }), cosines(Q, K, d), 12, "shared kernel");
+    verify(await cosineTopK(Q, K, 12, { dim: d }), cosineRef(Q, K, d), 12, "shared kernel");
   } finally {
-    Deno.env.delete("CLIPIT_MATMUL_KIND");
+    tuning.matmulKind = old;
   }
 });
 

@@ -5,63 +5,13 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { backward } from "../nn/autograd.ts";
-import { sizeClass } from "../kernels/runtime.ts";
+import { counters, sizeClass, sync } from "../kernels/runtime.ts";
 import { Rng, tensor, tidy } from "../nn/tensor.ts";
 import { mul, sum } from "../nn/ops/index.ts";
 import { embedding } from "../nn/ops/embedding.ts";
 import { patchEmbed, patchify } from "../nn/ops/conv.ts";
-
-// ---- float64 references --------------------------------------------------------------------
-
-function embeddingRef(w: Float32Array, V: number, D: number, ids: Int32Array): Float64Array {
-  const out = new Float64Array(ids.length * D);
-  ids.forEach((id, n) => {
-    if (id < 0 || id >= V) return; // out-of-range ids read as zeros
-    for (let d = 0; d < D; d++) out[n * D + d] = w[id * D + d];
-  });
-  return out;
-}
-
-function embeddingGradRef(g: Float32Array, V: number, D: number, ids: Int32Array): Float64Array {
-  const dw = new Float64Array(V * D);
-  ids.forEach((id, n) => {
-    if (id < 0 || id >= V) return;
-    for (let d = 0; d < D; d++) dw[id * D + d] += g[n * D + d];
-  });
-  return dw;
-}
-
-/** conv2d(x, w, b, stride = kernel = p) then flatten(2).transpose(1, 2), by the definition. */
-function patchEmbedRef(
-  x: Float32Array,
-  [B, C, H, W]: number[],
-  w: Float32Array,
-  E: number,
-  bias: Float32Array | null,
-  p: number,
-): Float64Array {
-  const nh = Math.floor(H / p), nw = Math.floor(W / p);
-  const out = new Float64Array(B * nh * nw * E);
-  for (let b = 0; b < B; b++) {
-    for (let oy = 0; oy < nh; oy++) {
-      for (let ox = 0; ox < nw; ox++) {
-        for (let e = 0; e < E; e++) {
-          let s = bias ? bias[e] : 0;
-          for (let c = 0; c < C; c++) {
-            for (let ky = 0; ky < p; ky++) {
-              for (let kx = 0; kx < p; kx++) {
-                s += w[((e * C + c) * p + ky) * p + kx] *
-                  x[((b * C + c) * H + oy * p + ky) * W + ox * p + kx];
-              }
-            }
-          }
-          out[((b * nh + oy) * nw + ox) * E + e] = s;
-        }
-      }
-    }
-  }
-  return out;
-}
+import { embeddingGradRef, embeddingRef } from "../kernels/embedding_ref.ts";
+import { patchEmbedRef } from "../kernels/patch_ref.ts";
 
 function randIds(n: number, lo: number, hi: number, seed: number): Int32Array {
   const rng = new Rng(seed);
@@ -102,13 +52,13 @@ const EXACT = { atol: 0 };
 const SCATTER = { atol: 1e-5, rtol: 1e-5 };
 
 gpuTest(
-  "embedding forward and scatter-add backward vs float64 (odd sizes, repeats, bad ids)",
+  "embedding forward and scatter-add backward vs float64 (odd sizes, repeats, edge ids)",
   async () => {
     const V = 37, D = 13, shape = [3, 11];
-    const ids = randIds(33, -3, V + 3, 1); // includes ids < 0 and >= V
+    const ids = randIds(33, 0, V, 1);
     ids[5] = ids[6] = ids[30] = 4; // guaranteed repeats
-    ids[7] = -1;
-    ids[8] = V;
+    ids[7] = 0;
+    ids[8] = V - 1;
     const w = randArray(V * D, 2), g = randArray(ids.length * D, 3);
     const [y, dw] = await runEmbedding(w, V, D, ids, shape, g);
     assertClose(y, embeddingRef(w, V, D, ids), EXACT, "embedding forward");
@@ -134,6 +84,42 @@ gpuTest("embedding gradCheck (finite differences)", async () => {
   const ids = tensor(Int32Array.from([0, 3, 3, 1, 4, 0, 6]), [7]);
   await gradCheck(([w]) => embedding(w, ids), [{ data: randArray(7 * 5, 8), shape: [7, 5] }]);
   ids.dispose();
+});
+
+gpuTest("embedding: out-of-range ids are refused at the next readback, naming the id", async () => {
+  const V = 37, D = 5;
+  const w = tensor(randArray(V * D, 9), [V, D]);
+  w.name = "token_embedding.weight";
+  const ok = tensor(Int32Array.from([0, 36, 5]), [3]);
+  await ok.toArray(); // uploads submitted
+  // One bad id among good ones: recording costs no readback and no error yet.
+  const r0 = counters.readbacks;
+  const y = embedding(w, tensor(Int32Array.from([3, 50000, 1]), [1, 3]));
+  assert.equal(counters.readbacks, r0, "the check costs no readback of its own");
+  await assert.rejects(
+    () => y.toArray(),
+    (e: Error) =>
+      e instanceof RangeError &&
+      /^embedding: id 50000 not in \[0, 37\) \(ids \[1,3\] into token_embedding.weight \[37, 5\]\)$/
+        .test(e.message),
+  );
+  // Reported once: the next readback of anything succeeds, and good ids keep working.
+  assertClose(await embedding(w, ok).toArray(), embeddingRef(await w.toArray(), V, D, [0, 36, 5]), {
+    atol: 0,
+  });
+  // Several bad ids: the largest one too big is named, with the count and the range.
+  const many = embedding(w, tensor(Int32Array.from([-1, 40, 2, -7, 38, 37]), [6]));
+  await assert.rejects(
+    () => many.toArray(),
+    /id 40 not in \[0, 37\).*5 of 6 ids out of range, from -7 to 40/,
+  );
+  // Only negative ids: the most negative is named. Any readback reports it, and so does sync().
+  embedding(w, tensor(Int32Array.from([-3, -2]), [2]));
+  await assert.rejects(() => ok.toArray(), /embedding: id -3 not in \[0, 37\)/);
+  embedding(w, tensor(Int32Array.from([37]), [1]));
+  await assert.rejects(() => sync(), /embedding: id 37 not in \[0, 37\)/);
+  await sync(); // cleared
+  for (const t of [w, ok, y, many]) t.dispose();
 });
 
 gpuTest("embedding rejects bad inputs", () => {

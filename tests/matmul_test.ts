@@ -13,6 +13,8 @@ import {
   matmulModes,
   type MatmulTile,
 } from "../kernels/matmul.ts";
+import { denseDims, matmulRef } from "../kernels/matmul_ref.ts";
+import { MATMUL_ACTIVATIONS } from "../kernels/activation.ts";
 import { counters, pool, readback, upload } from "../kernels/runtime.ts";
 import { isCpuAdapter, matmulTile } from "../kernels/tune.ts";
 import { backward } from "../nn/autograd.ts";
@@ -53,65 +55,12 @@ interface Case {
 }
 
 function dimsOf(c: Case): MatmulDims {
-  const { batch, M, N, K, tA, tB } = c;
-  return {
-    batch,
-    M,
-    N,
-    K,
-    sab: c.broadcastA ? 0 : M * K,
-    sam: tA ? 1 : K,
-    sak: tA ? M : 1,
-    sbb: c.broadcastB ? 0 : K * N,
-    sbk: tB ? 1 : N,
-    sbn: tB ? K : 1,
-  };
-}
-
-const ACT: Record<MatmulActivation, (v: number) => number> = {
-  none: (v) => v,
-  relu: (v) => Math.max(v, 0),
-  leaky_relu: (v) => (v >= 0 ? v : 0.01 * v),
-  gelu: (v) => 0.5 * v * (1 + erf(v / Math.SQRT2)),
-  gelu_tanh: (v) => 0.5 * v * (1 + Math.tanh(Math.sqrt(2 / Math.PI) * (v + 0.044715 * v ** 3))),
-  quick_gelu: (v) => v / (1 + Math.exp(-1.702 * v)),
-  sigmoid: (v) => 1 / (1 + Math.exp(-v)),
-  tanh: Math.tanh,
-};
-
-/** erf to ~1e-12 (series / continued fraction), for the float64 GELU reference. */
-function erf(x: number): number {
-  const t = 1 / (1 + 0.5 * Math.abs(x));
-  const y = 1 - t * Math.exp(
-        -x * x - 1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 +
-                      t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 +
-                                      t * (-0.82215223 + t * 0.17087277)))))))),
-      );
-  return x >= 0 ? y : -y;
-}
-
-/** Float64 reference: act(alpha * op(A) op(B) + bias), using the same strides. */
-function reference(
-  A: Float32Array,
-  B: Float32Array,
-  d: MatmulDims,
-  bias: Float32Array | null,
-  alpha: number,
-  act: MatmulActivation,
-): Float64Array {
-  const out = new Float64Array(d.batch * d.M * d.N);
-  for (let b = 0; b < d.batch; b++) {
-    for (let m = 0; m < d.M; m++) {
-      for (let n = 0; n < d.N; n++) {
-        let s = 0;
-        for (let k = 0; k < d.K; k++) {
-          s += A[b * d.sab + m * d.sam + k * d.sak] * B[b * d.sbb + k * d.sbk + n * d.sbn];
-        }
-        out[(b * d.M + m) * d.N + n] = ACT[act](alpha * s + (bias ? bias[n] : 0));
-      }
-    }
-  }
-  return out;
+  return denseDims(c.batch, c.M, c.N, c.K, {
+    transposeA: c.tA,
+    transposeB: c.tB,
+    broadcastA: c.broadcastA,
+    broadcastB: c.broadcastB,
+  });
 }
 
 /** Elements an operand needs: its largest address + 1. */
@@ -125,6 +74,8 @@ interface RunOptions {
   alpha?: number;
   act?: MatmulActivation;
   seed?: number;
+  /** Also store the pre-activation and check it. */
+  pre?: boolean;
 }
 
 /** Run one product on the GPU and compare it with the float64 reference. */
@@ -138,18 +89,25 @@ async function check(d: MatmulDims, label: string, o: RunOptions = {}): Promise<
     upload(buf, x);
     return buf;
   });
-  const c = pool.acquire(Math.max(1, d.batch * d.M * d.N) * 4);
-  // Poison C so a missed store shows up.
-  upload(c, new Float32Array(Math.max(1, d.batch * d.M * d.N)).fill(Number.NaN));
+  const n = Math.max(1, d.batch * d.M * d.N);
+  const [c, z] = [0, 1].map(() => {
+    const buf = pool.acquire(n * 4);
+    upload(buf, new Float32Array(n).fill(Number.NaN)); // poisoned: a missed store shows up
+    return buf;
+  });
   matmulKernel(bufs[0], bufs[1], c, d, bias ? bufs[2] : null, o.tile, {
     alpha: o.alpha,
     activation: o.act,
+    pre: o.pre ? z : null,
   });
   const got = new Float32Array(await readback(c, d.batch * d.M * d.N * 4));
-  [...bufs, c].forEach((x) => pool.release(x));
-  const want = reference(A, B, d, bias, o.alpha ?? 1, o.act ?? "none");
+  const gotPre = new Float32Array(await readback(z, d.batch * d.M * d.N * 4));
+  [...bufs, c, z].forEach((x) => pool.release(x));
+  const want = matmulRef(A, B, d, { bias, alpha: o.alpha, activation: o.act });
   // fp32 accumulation of K products of values in [-1, 1]: error grows ~ K * 2^-24 * |terms|.
-  assertClose(got, want, { atol: 1e-5 * Math.max(1, d.K), rtol: 1e-5 }, label);
+  const tol = { atol: 1e-5 * Math.max(1, d.K), rtol: 1e-5 };
+  assertClose(got, want, tol, label);
+  if (o.pre) assertClose(gotPre, matmulRef(A, B, d, { bias, alpha: o.alpha }), tol, `${label} pre`);
 }
 
 const ODD: Case[] = [
@@ -246,9 +204,22 @@ gpuTest("matmul: strided sub-matrices (row stride > K) and K = 0", async () => {
 
 gpuTest("matmul: every activation, alpha and bias in the epilogue", async () => {
   const d = dimsOf({ batch: 1, M: 19, N: 24, K: 16, tA: false, tB: false });
-  for (const act of Object.keys(ACT) as MatmulActivation[]) {
+  for (const act of MATMUL_ACTIVATIONS) {
     await check(d, `epilogue ${act}`, { act, alpha: 0.37, bias: true, tile: REGISTER_SMALL });
   }
+  // The pre-activation stored by the same dispatch: vec4 and scalar C, both families.
+  const odd = dimsOf({ batch: 2, M: 13, N: 19, K: 11, tA: false, tB: true });
+  for (const tile of [REGISTER_SMALL, REGISTER, SHARED]) {
+    for (const dd of [d, odd]) {
+      await check(dd, `pre + gelu ${JSON.stringify(tile)} N=${dd.N}`, {
+        act: "gelu",
+        bias: true,
+        tile,
+        pre: true,
+      });
+    }
+  }
+  await check(odd, "pre without bias, quick_gelu", { act: "quick_gelu", tile: SHARED, pre: true });
   await check(d, "epilogue gelu, shared kernel", {
     act: "gelu",
     alpha: -1.5,

@@ -6,7 +6,7 @@
 import assert from "node:assert/strict";
 import { dirname, join } from "node:path";
 import { assertClose, gpuTest, randArray } from "./util.ts";
-import { matmulRef } from "./reference.ts";
+import { denseMatmulRef } from "../kernels/matmul_ref.ts";
 import { poolStats } from "../kernels/runtime.ts";
 import { backward } from "../nn/autograd.ts";
 import { loadModule, saveModule } from "../nn/checkpoint.ts";
@@ -122,7 +122,7 @@ gpuTest(
   async () => {
     const lin = new Linear(33, 7, { seed: 3 });
     const bound = 1 / Math.sqrt(33);
-    const [w, b] = [await lin.weight.toArray(), await lin.bias!.toArray()];
+    const [w, b] = [await lin.weight.toFloat32Array(), await lin.bias!.toArray()];
     assert.deepEqual(lin.weight.shape, [7, 33]);
     assert.ok([...w, ...b].every((v) => Math.abs(v) <= bound), "Uniform(-1/sqrt(in), 1/sqrt(in))");
     // Variance of U(-a, a) is a^2 / 3; 231 samples: within 25%.
@@ -131,7 +131,11 @@ gpuTest(
     const xs = randArray(3 * 5 * 33, 4);
     const y = lin.forward(tensor(xs, [3, 5, 33]));
     assert.deepEqual(y.shape, [3, 5, 7]);
-    assertClose(await y.toArray(), matmulRef(xs, w, 1, 15, 7, 33, false, true, b), { atol: 1e-5 });
+    assertClose(
+      await y.toArray(),
+      denseMatmulRef(xs, w, 1, 15, 7, 33, { transposeB: true, bias: b }),
+      { atol: 1e-5 },
+    );
     const noBias = new Linear(4, 2, { bias: false });
     assert.deepEqual(noBias.namedParameters().map(([n]) => n), ["weight"]);
     assert.throws(() => lin.forward(tensor(new Float32Array(8), [2, 4])), /Linear\(33, 7\)/);
@@ -174,7 +178,7 @@ gpuTest("layers: a Linear's adapter changes its output and is named under it", a
   lin.adapter = ad;
   assert.deepEqual(lin.namedParameters().map(([n]) => n), ["weight", "bias", "adapter.m"]);
   const got = await lin.forward(x).toArray();
-  const extra = matmulRef(await x.toArray(), await ad.m.toArray(), 1, 4, 3, 6);
+  const extra = denseMatmulRef(await x.toArray(), await ad.m.toArray(), 1, 4, 3, 6);
   assertClose(got, base.map((v, i) => v + extra[i]), { atol: 1e-5 }, "adapted");
   lin.dispose();
 });
@@ -214,8 +218,10 @@ gpuTest(
     ]);
     const x = randArray(3 * 5, 6);
     const [w0, b0, w1, b1] = await Promise.all(mlp.parameters().map((t) => t.toArray()));
-    const h = matmulRef(x, w0, 1, 3, 9, 5, false, true, b0).map((v) => Math.max(v, 0));
-    const ref = matmulRef(h, w1, 1, 3, 2, 9, false, true, b1);
+    const h = denseMatmulRef(x, w0, 1, 3, 9, 5, { transposeB: true, bias: b0 }).map((v) =>
+      Math.max(v, 0)
+    );
+    const ref = denseMatmulRef(h, w1, 1, 3, 2, 9, { transposeB: true, bias: b1 });
     assertClose(await mlp.forward(tensor(x, [3, 5])).toArray(), ref, { atol: 1e-5 }, "mlp");
     [ln, emb, mlp].forEach((m) => m.dispose());
   },

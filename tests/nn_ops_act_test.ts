@@ -3,7 +3,7 @@
  * dense grid over [-10, 10] plus odd random shapes, and finite differences.
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
-import { erfcRef, geluRef } from "./ref_nn_ops.ts";
+import { erfcRef, geluRef } from "../kernels/activation_ref.ts";
 import { backward } from "../nn/autograd.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import { gelu, leakyRelu, quickGelu } from "../nn/ops/nn.ts";

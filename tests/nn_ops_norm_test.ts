@@ -3,8 +3,10 @@
  * references (cached and streamed rows, with and without weight / bias), and finite differences.
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
-import { l2NormRef, layerNormRef, ROW_CASES, ROW_LAUNCHES } from "./ref_nn_ops.ts";
-import { matmulRef } from "./reference.ts";
+import { l2NormRef } from "../kernels/l2norm_ref.ts";
+import { layerNormRef } from "../kernels/layernorm_ref.ts";
+import { denseMatmulRef } from "../kernels/matmul_ref.ts";
+import { ROW_CASES, ROW_LAUNCHES } from "./util.ts";
 import {
   layerNormBackwardInput,
   layerNormBackwardParams,
@@ -207,9 +209,15 @@ gpuTest("cosineSimilarity: matches float64 and finite differences", async () => 
   const b = tensor(bd, [M, d], { requiresGrad: true });
   const { y, grads } = await runWithGrad([a, b], () => cosineSimilarity(a, b), gd);
   const ra = l2NormRef(ad, N, d, 1e-12), rb = l2NormRef(bd, M, d, 1e-12);
-  assertClose(y, matmulRef(ra.y, rb.y, 1, N, M, d, false, true), FWD, "cosineSimilarity");
+  assertClose(
+    y,
+    denseMatmulRef(ra.y, rb.y, 1, N, M, d, { transposeB: true }),
+    FWD,
+    "cosineSimilarity",
+  );
   // Reference gradient: d/dna = g nb, d/dnb = g^T na, then through each normalisation.
-  const gna = matmulRef(gd, rb.y, 1, N, d, M), gnb = matmulRef(gd, ra.y, 1, M, d, N, true);
+  const gna = denseMatmulRef(gd, rb.y, 1, N, d, M);
+  const gnb = denseMatmulRef(gd, ra.y, 1, M, d, N, { transposeA: true });
   assertClose(grads[0]!, l2NormRef(ad, N, d, 1e-12, gna).dx, BWD, "cosineSimilarity da");
   assertClose(grads[1]!, l2NormRef(bd, M, d, 1e-12, gnb).dx, BWD, "cosineSimilarity db");
   a.dispose();

@@ -4,7 +4,8 @@
  * analytic float64 gradient and against finite differences.
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
-import { ROW_CASES, ROW_LAUNCHES, softmaxGradRef, softmaxRef } from "./ref_nn_ops.ts";
+import { softmaxGradRef, softmaxRef } from "../kernels/softmax_ref.ts";
+import { ROW_CASES, ROW_LAUNCHES } from "./util.ts";
 import { softmaxBackward, softmaxForward } from "../kernels/softmax.ts";
 import { backward } from "../nn/autograd.ts";
 import { empty, numel, tensor, tidy } from "../nn/tensor.ts";

@@ -6,6 +6,7 @@
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, randArray } from "./util.ts";
 import { counters } from "../kernels/runtime.ts";
+import { clipGradNormRef } from "../kernels/optim_ref.ts";
 import { Adam, AdamW, clipGradNorm, cosineSchedule, Optimizer, SGD } from "../nn/optim.ts";
 import { type Tensor, tensor } from "../nn/tensor.ts";
 
@@ -143,15 +144,6 @@ gpuTest("optim: bad hyper-parameters are refused with clear errors", () => {
   p.dispose();
 });
 
-/** CPU clip_grad_norm_: returns the norm and the clipped gradients. */
-function clipRef(grads: Float32Array[], maxNorm: number): { norm: number; out: Float64Array[] } {
-  let sq = 0;
-  for (const g of grads) for (const v of g) sq += v * v;
-  const norm = Math.sqrt(sq);
-  const s = Math.min(1, maxNorm / (norm + 1e-6));
-  return { norm, out: grads.map((g) => Float64Array.from(g, (v) => v * s)) };
-}
-
 for (const maxNorm of [0.5, 1e4]) {
   gpuTest(`optim: clipGradNorm(max ${maxNorm}) matches CPU (rtol 1e-5)`, async () => {
     // Odd sizes, one big enough to be summed by many workgroups; one parameter has no gradient.
@@ -164,7 +156,7 @@ for (const maxNorm of [0.5, 1e4]) {
     const norm = clipGradNorm([...params, idle], maxNorm);
     assert.equal(counters.readbacks, reads, "clipGradNorm must not read back");
     assert.deepEqual(norm.shape, []);
-    const ref = clipRef(grads, maxNorm);
+    const ref = clipGradNormRef(grads, maxNorm);
     assert.ok(maxNorm < ref.norm === (maxNorm === 0.5), "the test covers both clipped and not");
     assertClose([await norm.item()], [ref.norm], { atol: 0, rtol: 1e-5 }, "norm");
     for (let i = 0; i < params.length; i++) {
@@ -174,6 +166,43 @@ for (const maxNorm of [0.5, 1e4]) {
     [...params, idle].forEach((p) => p.dispose());
   });
 }
+
+gpuTest(
+  "optim: clipGradNorm with a NaN, Inf or overflowing gradient: NaN norm, nothing scaled",
+  async () => {
+    const base = randArray(300, 40, -0.2, 0.2);
+    const cases: [string, (g: Float32Array) => void][] = [
+      ["NaN", (g) => (g[17] = NaN)],
+      ["+Inf", (g) => (g[250] = Infinity)],
+      ["-Inf", (g) => (g[0] = -Infinity)],
+      // Squares overflow f32 although every value is finite (float64 would not overflow).
+      ["overflow", (g) => g.fill(1e30, 100, 110)],
+    ];
+    for (const [what, poison] of cases) {
+      const bad = Float32Array.from(base);
+      poison(bad);
+      const grads = [randArray(7, 41), bad];
+      const params = grads.map((g) =>
+        tensor(new Float32Array(g.length), [g.length], { requiresGrad: true })
+      );
+      params.forEach((p, i) => (p.grad = tensor(grads[i])));
+      const before = await Promise.all(params.map((p) => p.toArray()));
+      const norm = clipGradNorm(params, 0.5);
+      assert.ok(Number.isNaN(await norm.item()), `${what}: the norm is NaN`);
+      for (let i = 0; i < params.length; i++) {
+        assert.deepEqual(
+          await params[i].grad!.toArray(),
+          grads[i],
+          `${what}: gradient ${i} untouched`,
+        );
+        assert.deepEqual(await params[i].toArray(), before[i], `${what}: parameter ${i} untouched`);
+      }
+      if (what !== "overflow") assert.ok(Number.isNaN(clipGradNormRef(grads, 0.5).norm));
+      norm.dispose();
+      params.forEach((p) => p.dispose());
+    }
+  },
+);
 
 gpuTest("optim: clipGradNorm with no gradients returns 0 (exact)", async () => {
   const p = tensor([3], [1], { requiresGrad: true });

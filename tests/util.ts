@@ -35,7 +35,10 @@ export interface Tol {
   rtol?: number;
 }
 
-/** Assert two arrays agree within `tol`; the message names the worst element. */
+/**
+ * Assert two arrays agree within `tol`; the message names the worst element. Where `expected` is
+ * NaN or +-Infinity, `actual` must be the same (NaN where NaN, the same infinity).
+ */
 export function assertClose(
   actual: ArrayLike<number>,
   expected: ArrayLike<number>,
@@ -47,6 +50,7 @@ export function assertClose(
   }
   let worst = -1, worstExcess = 0;
   for (let i = 0; i < actual.length; i++) {
+    if (!Number.isFinite(expected[i]) && Object.is(actual[i], expected[i])) continue;
     const lim = tol.atol + (tol.rtol ?? 0) * Math.abs(expected[i]);
     const err = Math.abs(actual[i] - expected[i]);
     if (!(err <= lim) && (worst < 0 || err - lim > worstExcess || Number.isNaN(err))) {
@@ -137,3 +141,19 @@ export async function gradCheck(
   });
   assertClose(got, numeric, tol, "gradient vs finite differences");
 }
+
+/**
+ * Launch shapes every row kernel is tested under, whatever this adapter would pick: lane mode
+ * (one invocation per row) and groups of 8 / 32 / 256 invocations per row, with the row cached
+ * in registers or streamed (maxFloats 0).
+ */
+export const ROW_LAUNCHES: { threads: number; maxFloats?: number }[] = [
+  { threads: 1 },
+  { threads: 1, maxFloats: 0 },
+  { threads: 8 },
+  { threads: 32, maxFloats: 0 },
+  { threads: 256 },
+];
+
+/** [rows, n] for {@link ROW_LAUNCHES}: odd, vec4 and scalar rows, partial row groups. */
+export const ROW_CASES: [number, number][] = [[3, 33], [20, 7], [70, 129], [5, 1000]];

@@ -8,7 +8,9 @@ import {
   type AttentionDims,
   attentionForwardKernel,
   MAX_HEAD_DIM,
+  type TileMode,
 } from "../../kernels/attention.ts";
+import { NEG_BIG } from "../../kernels/wgsl.ts";
 import { record } from "../autograd.ts";
 import { empty, type Tensor, tensor } from "../tensor.ts";
 import { add, scale as scaleBy } from "./elementwise.ts";
@@ -21,6 +23,11 @@ export interface AttentionOptions {
   causal?: boolean;
   /** Multiplies the scores q k^T; default 1 / sqrt(D). */
   scale?: number;
+  /**
+   * {@link attention} only: force the kernels' tile mode (tests and benchmarks; default: the
+   * device's choice, see kernels/attention.ts).
+   */
+  tiles?: TileMode;
 }
 
 function dims(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, op: string): AttentionDims {
@@ -61,7 +68,8 @@ export function attention(
   const d = dims(q, k, v, opts, "attention");
   const out = empty(q.shape);
   const lse = empty([d.bh * d.tq]);
-  attentionForwardKernel(q.buf, k.buf, v.buf, out.buf, lse.buf, d);
+  const launch = { tiles: opts.tiles };
+  attentionForwardKernel(q.buf, k.buf, v.buf, out.buf, lse.buf, d, launch);
   const o = out.view(out.shape); // saved: the caller may dispose `out` before backward
   return record(out, "attention", [q, k, v], (g) => {
     const delta = empty([d.bh * d.tq]);
@@ -81,6 +89,7 @@ export function attention(
       dk?.buf ?? null,
       dv?.buf ?? null,
       d,
+      launch,
     );
     delta.dispose();
     return [dq, dk, dv];
@@ -89,7 +98,7 @@ export function attention(
 
 /**
  * The same function as {@link attention}, computed the textbook way: scores = scale * q k^T
- * ([B, H, Tq, Tk] in memory), an additive -1e30 causal mask, the fused row softmax of `nn.ts`,
+ * ([B, H, Tq, Tk] in memory), an additive causal mask of NEG_BIG (kernels/wgsl.ts), the fused row softmax of `nn.ts`,
  * then probabilities times v. Every step is an existing differentiable op, so backward comes from
  * autograd; the intermediates belong to the caller's `tidy` scope. For benchmarks and
  * cross-checks; prefer {@link attention}.
@@ -105,7 +114,7 @@ export function attentionUnfused(
   if (d.causal) {
     const mask = new Float32Array(d.tq * d.tk);
     for (let i = 0; i < d.tq; i++) {
-      for (let j = i + 1; j < d.tk; j++) mask[i * d.tk + j] = -1e30;
+      for (let j = i + 1; j < d.tk; j++) mask[i * d.tk + j] = NEG_BIG;
     }
     s = add(s, tensor(mask, [d.tq, d.tk]));
   }

@@ -4,6 +4,7 @@
  * backward; broadcast gradients are summed back to the input's shape.
  */
 import { contiguousStrides, mapKernel, type View } from "../../kernels/elementwise.ts";
+import { NEG_BIG } from "../../kernels/wgsl.ts";
 import { record } from "../autograd.ts";
 import { empty, type Tensor } from "../tensor.ts";
 import { sumTo } from "./reduce.ts";
@@ -45,12 +46,16 @@ export function broadcastView(t: Tensor, shape: readonly number[]): View {
   };
 }
 
-/** Apply a WGSL expression over `a` (and `b`, `c`) broadcast together; no autograd. */
+/**
+ * Apply a WGSL expression over `a` (and `b`, `c`) broadcast together; no autograd. `prelude` is
+ * WGSL the expression needs (functions such as `ACTIVATION_WGSL`).
+ */
 export function map(
   name: string,
   expr: string,
   inputs: Tensor[],
   scalar = 0,
+  prelude = "",
 ): Tensor {
   let shape: number[] = [...inputs[0].shape];
   for (const t of inputs.slice(1)) shape = broadcastShapes(shape, t.shape);
@@ -63,6 +68,7 @@ export function map(
     shape,
     inputs[0].dtype === "int32" ? "i32" : "f32",
     scalar,
+    prelude,
   );
   return out;
 }
@@ -203,7 +209,7 @@ export function sigmoid(x: Tensor): Tensor {
 
 /** Elementwise clamp to [lo, hi] (gradient passes inside the range only). */
 export function clamp(x: Tensor, lo: number, hi: number): Tensor {
-  const lit = (v: number) => `f32(${Math.max(-3.4e38, Math.min(3.4e38, v)).toExponential()})`;
+  const lit = (v: number) => `f32(${Math.max(NEG_BIG, Math.min(-NEG_BIG, v)).toExponential()})`;
   const y = map("clamp", `clamp(a, ${lit(lo)}, ${lit(hi)})`, [x]);
   const out = y.view(y.shape);
   return record(y, "clamp", [x], (g) => [

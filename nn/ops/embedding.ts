@@ -7,8 +7,9 @@ import { empty, type Tensor, zeros } from "../tensor.ts";
 
 /**
  * `weight[ids]`: weight [V, D] (float32), ids int32 of any shape [...] -> [..., D].
- * Out-of-range ids (< 0 or >= V) give zero rows and no gradient (checked on the GPU, so no error
- * is raised for them). The gradient to `weight` is a deterministic scatter-add: rows that occur
+ * Out-of-range ids (< 0 or >= V) are refused: they are checked on the GPU (no readback), and the
+ * next readback or `sync()` throws `RangeError("embedding: id 50000 not in [0, 49408) ...")`
+ * (until then such a row reads as zeros and gets no gradient). The gradient to `weight` is a deterministic scatter-add: rows that occur
  * several times get their gradients summed in position order; rows that never occur get zeros.
  * `ids` gets no gradient. Throws a RangeError/TypeError on a wrong rank or dtype.
  */
@@ -20,7 +21,8 @@ export function embedding(weight: Tensor, ids: Tensor): Tensor {
   const [V, D] = weight.shape;
   const n = ids.size;
   const out = empty([...ids.shape, D]);
-  embeddingKernel(weight.buf, ids.buf, out.buf, n, V, D);
+  const what = `ids [${ids.shape}] into ${weight.name || "a table"} [${V}, ${D}]`;
+  embeddingKernel(weight.buf, ids.buf, out.buf, n, V, D, what);
   return record(out, "embedding", [weight], (g) => {
     const dW = zeros([V, D]);
     const link = empty([n], "int32");

@@ -1,9 +1,12 @@
 /**
- * Differentiable batched matrix product with transpose flags and an optional bias epilogue.
+ * Differentiable batched matrix product with transpose flags and an optional bias epilogue, and
+ * `linear`: a Linear layer's product with its bias and activation fused into the same dispatch.
  */
+import { ACTIVATION_WGSL, activationGradExpr } from "../../kernels/activation.ts";
 import { matmulKernel } from "../../kernels/matmul.ts";
-import { record } from "../autograd.ts";
+import { needsGrad, record } from "../autograd.ts";
 import { empty, numel, type Tensor } from "../tensor.ts";
+import { map } from "./elementwise.ts";
 import { sumTo } from "./reduce.ts";
 
 /** Options for {@link matmul}. */
@@ -100,4 +103,101 @@ export function matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
 
 function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
+}
+
+// ---- linear ----------------------------------------------------------------------------------
+
+/** Activations {@link linear} applies in the matmul's epilogue. */
+export type LinearActivation = "none" | "relu" | "gelu" | "quickGelu";
+
+/** Options for {@link linear}. */
+export interface LinearOpOptions {
+  /** Applied to x W^T + b in the same dispatch (default "none"). */
+  activation?: LinearActivation;
+}
+
+const KERNEL_ACT = { relu: "relu", gelu: "gelu", quickGelu: "quick_gelu" } as const;
+
+/**
+ * act(x W^T + b), torch.nn.functional.linear followed by an activation, as one matmul dispatch:
+ * x [..., in] (float32), weight [out, in], bias [out] or null -> [..., out]. The activation uses
+ * the same WGSL as the elementwise ops (`gelu` is exact GELU, `quickGelu` x sigmoid(1.702 x)).
+ * When a gradient is needed the dispatch also stores the pre-activation x W^T + b; the backward
+ * differentiates the activation there, then runs the two matmuls of a Linear's backward.
+ * Differentiable in x, weight and bias; throws a RangeError on mismatched shapes.
+ */
+export function linear(
+  x: Tensor,
+  weight: Tensor,
+  bias: Tensor | null = null,
+  opts: LinearOpOptions = {},
+): Tensor {
+  const act = opts.activation ?? "none";
+  if (act !== "none" && !Object.hasOwn(KERNEL_ACT, act)) {
+    throw new RangeError(`linear: unknown activation "${act}" (use none, relu, gelu, quickGelu)`);
+  }
+  if (weight.rank !== 2 || x.rank < 1 || x.shape[x.rank - 1] !== weight.shape[1]) {
+    throw new RangeError(`linear: input ${x} does not match weight ${weight} ([out, in])`);
+  }
+  if (x.dtype !== "float32" || weight.dtype !== "float32") {
+    throw new TypeError(`linear: ${x} and ${weight} must be float32`);
+  }
+  const [N, K] = weight.shape;
+  if (bias && (bias.rank !== 1 || bias.shape[0] !== N)) {
+    throw new RangeError(`linear: bias ${bias} must be [${N}]`);
+  }
+  if (act === "none" && x.rank >= 2) return matmul(x, weight, { transposeB: true, bias });
+  const rows = numel(x.shape.slice(0, -1));
+  const shape = [...x.shape.slice(0, -1), N];
+  const y = empty(shape);
+  const parents = bias ? [x, weight, bias] : [x, weight];
+  const z = act !== "none" && needsGrad(...parents) ? empty(shape) : null;
+  matmulKernel(
+    x.buf,
+    weight.buf,
+    y.buf,
+    {
+      batch: 1,
+      M: rows,
+      N,
+      K,
+      sab: 0,
+      sam: K,
+      sak: 1,
+      sbb: 0,
+      sbk: 1,
+      sbn: K,
+    },
+    bias?.buf ?? null,
+    undefined,
+    {
+      activation: act === "none" ? "none" : KERNEL_ACT[act],
+      pre: z?.buf ?? null,
+    },
+  );
+  return record(y, "linear", parents, (g) => {
+    // dL/dz = g * act'(z) ([rows, N]), then a Linear's backward with it.
+    let dz = g.view([rows, N]);
+    if (act !== "none") {
+      const k = KERNEL_ACT[act];
+      const d = map(`${k}_grad`, `a * ${activationGradExpr(k, "b")}`, [g, z!], 0, ACTIVATION_WGSL);
+      dz.dispose();
+      dz = d.view([rows, N]);
+      d.dispose();
+    }
+    let gx: Tensor | null = null, gw: Tensor | null = null;
+    if (x.requiresGrad) {
+      const full = matmul(dz, weight); // [rows, N] x [N, K]
+      gx = full.view(x.shape);
+      full.dispose();
+    }
+    if (weight.requiresGrad) {
+      const x2 = x.view([rows, K]);
+      gw = matmul(dz, x2, { transposeA: true }); // [N, rows] x [rows, K]
+      x2.dispose();
+    }
+    const gb = bias?.requiresGrad ? sumTo(dz, [N]) : null;
+    dz.dispose();
+    return [gx, gw, gb];
+  }, z ? [z] : []);
 }

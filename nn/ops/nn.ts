@@ -4,6 +4,7 @@
  * one-workgroup-per-row kernels (kernels/softmax.ts and neighbours); activations are single map
  * kernels. All are differentiable.
  */
+import { ACTIVATION_WGSL } from "../../kernels/activation.ts";
 import { crossEntropyBackward, crossEntropyForward } from "../../kernels/cross_entropy.ts";
 import { dropoutKernel } from "../../kernels/dropout.ts";
 import {
@@ -72,7 +73,8 @@ function softmaxLast(x: Tensor, log: boolean): Tensor {
 
 /**
  * softmax(x) along `axis` (default the last; other axes cost two transposing copies). Stable for
- * any finite inputs (the row max is subtracted); a row of all -Infinity gives NaN like PyTorch.
+ * any finite inputs (the row max is subtracted). As in PyTorch, -Infinity entries get probability
+ * 0, while a NaN or +Infinity in a row (or a row of all -Infinity) makes that row NaN.
  * Throws on int32 input or an axis out of range.
  */
 export function softmax(x: Tensor, axis = -1): Tensor {
@@ -130,58 +132,23 @@ export function layerNorm(
 // ---- activations -----------------------------------------------------------------------------
 
 /**
- * WGSL for the standard normal CDF Phi(a), via erfc(|a| / sqrt 2) from Numerical Recipes' `erfcc`
- * (a Chebyshev fit with fractional error < 1.2e-7 everywhere): using erfc directly for a < 0
- * keeps the lower tail's relative accuracy, where 1 + erf(a / sqrt 2) would cancel.
- */
-function phiWGSL(a: string): string {
-  const t = `(1.0 / (1.0 + 0.35355339059327373 * abs(${a})))`; // 1 / (1 + z / 2), z = |a|/sqrt2
-  const c = [
-    -1.26551223,
-    1.00002368,
-    0.37409196,
-    0.09678418,
-    -0.18628806,
-    0.27886807,
-    -1.13520398,
-    1.48851587,
-    -0.82215223,
-    0.17087277,
-  ];
-  let poly = c[c.length - 1].toString();
-  for (let i = c.length - 2; i >= 0; i--) poly = `(${c[i]} + ${t} * ${poly})`;
-  const erfc = `(${t} * exp(-0.5 * ${a} * ${a} + ${poly}))`; // erfc(|a| / sqrt 2)
-  return `select(1.0 - 0.5 * ${erfc}, 0.5 * ${erfc}, ${a} < 0.0)`;
-}
-
-const GELU = `a * ${phiWGSL("a")}`;
-// d/dx x Phi(x) = Phi(x) + x phi(x); here a = gradient, b = x.
-const GELU_GRAD = `a * (${phiWGSL("b")} + b * 0.3989422804014327 * exp(-0.5 * b * b))`;
-
-/**
- * Exact (erf) GELU, x * Phi(x), PyTorch's default `gelu`. Phi is evaluated through erfc (fractional
- * error < 1.2e-7 in exact arithmetic), not the Abramowitz-Stegun erf of kernels/wgsl.ts, so the
- * lower tail keeps its relative accuracy. Measured against float64 on a 0.01 grid over [-10, 10]
- * (llvmpipe, GL and Vulkan): max absolute error 3.7e-7 (under one f32 ulp of |x| there), max
- * relative error 5.7e-6 for x < -3 (tests/nn_ops_act_test.ts).
+ * Exact (erf) GELU, x * Phi(x), PyTorch's default `gelu`: the WGSL `gelu` of
+ * kernels/activation.ts (shared with the matmul epilogue; accuracy stated there).
  */
 export function gelu(x: Tensor): Tensor {
   checkFloat(x, "gelu");
-  const y = map("gelu", GELU, [x]);
-  return record(y, "gelu", [x], (g) => [map("gelu_grad", GELU_GRAD, [g, x])]);
+  const y = map("gelu", "gelu(a)", [x], 0, ACTIVATION_WGSL);
+  return record(y, "gelu", [x], (g) => [
+    map("gelu_grad", "a * gelu_grad(b)", [g, x], 0, ACTIVATION_WGSL),
+  ]);
 }
 
-/** x * sigmoid(1.702 x), the GELU approximation of OpenAI's CLIP. */
+/** x * sigmoid(1.702 x), the GELU approximation of OpenAI's CLIP (kernels/activation.ts). */
 export function quickGelu(x: Tensor): Tensor {
   checkFloat(x, "quickGelu");
-  // a / (1 + exp(-1.702 a)): exp overflows to +inf for a << 0 and gives -0, not NaN.
-  const y = map("quick_gelu", "a / (1.0 + exp(-1.702 * a))", [x]);
+  const y = map("quick_gelu", "quick_gelu(a)", [x], 0, ACTIVATION_WGSL);
   return record(y, "quickGelu", [x], (g) => [
-    map(
-      "quick_gelu_grad",
-      "a * (1.0 / (1.0 + exp(-1.702 * b))) * (1.0 + 1.702 * b * (1.0 - 1.0 / (1.0 + exp(-1.702 * b))))",
-      [g, x],
-    ),
+    map("quick_gelu_grad", "a * quick_gelu_grad(b)", [g, x], 0, ACTIVATION_WGSL),
   ]);
 }
 
