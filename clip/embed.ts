@@ -56,7 +56,7 @@ export async function embedImageBatches(
       );
     }
     const emb = noGrad(() => tidy(() => model.embedImages(tensor(images, [count, 3, S, S]))));
-    rows.push(await emb.toArray());
+    rows.push(await emb.toFloat32Array());
     emb.dispose();
     done += count;
     onProgress?.(done);

@@ -51,7 +51,7 @@ const tokens: { tricky_texts: string[]; corpus_lines: number; local: TokenCase; 
   JSON.parse(await Deno.readTextFile(FIX + "conch_tokens.json"));
 
 async function read(t: Tensor): Promise<Float32Array> {
-  const a = await t.toArray();
+  const a = await t.toFloat32Array();
   t.dispose();
   return a;
 }

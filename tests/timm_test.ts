@@ -112,7 +112,7 @@ async function features(
       return head ? model.logits(t) : model.features(t);
     })
   );
-  const out = await y.toArray();
+  const out = await y.toFloat32Array();
   y.dispose();
   return out;
 }
