@@ -11,6 +11,8 @@
  * rename). The host is assumed little-endian (every platform Deno ships for is).
  */
 
+import { writeFileAtomic } from "./safe_write.ts";
+
 /** Element types of the safetensors format that this module knows. */
 export type SafetensorsDtype =
   | "BOOL"
@@ -527,24 +529,5 @@ export async function writeSafetensors(
   const prefix = new Uint8Array(8);
   new DataView(prefix.buffer).setBigUint64(0, BigInt(padded.length), true);
 
-  const tmp = `${path}.tmp-${crypto.randomUUID().slice(0, 8)}`;
-  const file = await Deno.open(tmp, { write: true, createNew: true });
-  let closed = false;
-  try {
-    const writeAll = async (b: Uint8Array) => {
-      let done = 0;
-      while (done < b.length) done += await file.write(b.subarray(done));
-    };
-    await writeAll(prefix);
-    await writeAll(padded);
-    for (const it of items) await writeAll(it.bytes);
-    await file.sync();
-    file.close();
-    closed = true;
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    if (!closed) file.close();
-    await Deno.remove(tmp).catch(() => undefined);
-    throw e;
-  }
+  await writeFileAtomic(path, [prefix, padded, ...items.map((it) => it.bytes)]);
 }
