@@ -48,7 +48,7 @@ import { denseDims } from "../kernels/matmul_ref.ts";
 const USAGE = `deno task wgsl <kernel> <sizes...> [options]: the WGSL a call runs on this device
 
   matmul M N K        [--batch B] [--ta] [--tb] [--bias] [--act gelu|...] [--pre] [--tile JSON]
-  attention B H T D   [--tk Tk] [--causal] [--tiles shared|direct|blocked]  (forward + backward)
+  attention B H T D   [--tk Tk] [--causal] [--tiles tiled|shared|direct|blocked] (fwd + bwd)
   softmax ROWS N      [--log] [--threads T]                                 (forward + backward)
   layernorm ROWS N    [--threads T]                                         (forward + backward)
   l2norm ROWS N                                                             (forward + backward)

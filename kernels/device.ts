@@ -175,7 +175,7 @@ async function create(opts: InitOptions): Promise<Gpu> {
     );
   }
   const features: GPUFeatureName[] = [];
-  for (const f of ["timestamp-query", "shader-f16"] as GPUFeatureName[]) {
+  for (const f of ["timestamp-query", "shader-f16", "subgroups"] as GPUFeatureName[]) {
     if (adapter.features.has(f)) features.push(f);
   }
   const device = await adapter.requestDevice({

@@ -16,12 +16,14 @@ import type { AdapterDescription } from "./device.ts";
 export type MatmulKind = "register" | "shared";
 
 /**
- * How the attention kernels read their K/V (or Q/dO) tiles: `shared` stages them in workgroup
- * memory (real GPUs), `direct` reads them from the storage buffers, `blocked` is `direct` with
- * the lanes-along-queries forward (CPU adapters, D % 4 == 0), `auto` picks per adapter. See
- * `attention.ts`.
+ * Which attention kernels run: `tiled` is the flash attention for GPUs (a block of queries per
+ * workgroup, score tiles as small matrix products in workgroup memory; `attention_tiled.ts`);
+ * the others run one query row per invocation and differ in how they read their K/V (or Q/dO)
+ * tiles: `shared` stages them in workgroup memory, `direct` reads them from the storage buffers,
+ * `blocked` is `direct` with the lanes-along-queries forward (CPU adapters, D % 4 == 0). `auto`
+ * picks per adapter (`tiled` on GPUs, `blocked` on CPU adapters). See `attention.ts`.
  */
-export type TileMode = "auto" | "shared" | "direct" | "blocked";
+export type TileMode = "auto" | "tiled" | "shared" | "direct" | "blocked";
 
 /**
  * Kernel choices of one device, fixed when it is created and read by every launch: whether the
@@ -36,6 +38,11 @@ export interface Tuning {
   matmulKind: MatmulKind | null;
   /** Attention tile mode for calls without one ("auto" picks per adapter). */
   attentionTiles: TileMode;
+  /**
+   * Kernels may use subgroup operations: the adapter offers `subgroups` (and the device was
+   * created with it). False forces the paths without them.
+   */
+  subgroups: boolean;
 }
 
 /**
@@ -85,6 +92,7 @@ export function tuningFor(a: AdapterDescription, overrides: Partial<Tuning> = {}
     cpu: overrides.cpu ?? isCpuAdapter(a),
     matmulKind: overrides.matmulKind ?? null,
     attentionTiles: overrides.attentionTiles ?? "auto",
+    subgroups: overrides.subgroups ?? a.features.includes("subgroups"),
   };
 }
 
