@@ -23,9 +23,18 @@ import {
   type MatmulActivation,
 } from "./activation.ts";
 import { type Gpu, gpu } from "./device.ts";
-import { type Buf, dispatch } from "./runtime.ts";
+import {
+  acquireTexture,
+  type Buf,
+  copyToTexture,
+  dispatch,
+  grid,
+  pool,
+  releaseTexture,
+  type Tex,
+} from "./runtime.ts";
 import { type MatmulTile, matmulTile } from "./tune.ts";
-import { codeCache, Params } from "./wgsl.ts";
+import { codeCache, FLAT_WG, Params } from "./wgsl.ts";
 
 export type { MatmulTile } from "./tune.ts";
 export type { MatmulActivation } from "./activation.ts";
@@ -95,10 +104,22 @@ export function matmulModes(d: MatmulDims, t: MatmulTile): { a: AMode; b: BMode 
   return { a, b };
 }
 
+/**
+ * Where an operand is read from: an f32 storage buffer, an f16 storage buffer (converted to f32
+ * on load, needs `shader-f16`), or an rgba32float texture holding the f32 buffer's bytes as
+ * texels (CPU adapters, see {@link MatmulInput}).
+ */
+export type OperandSource = "f32" | "f16" | "texture";
+
+/** Texels per row of an operand texture (a power of two): texel t is at (t % W, t / W). */
+export const TEXTURE_WIDTH = 4096;
+
 interface Variant {
   t: MatmulTile;
   a: AMode;
   b: BMode;
+  srcA: OperandSource;
+  srcB: OperandSource;
   /** Store C as vec4 (N % 4 == 0 and the per-invocation columns are vec4-aligned). */
   cv: boolean;
   bias: boolean;
@@ -110,16 +131,43 @@ interface Variant {
 const HEADER = /* wgsl */ `
 struct P {
   M: u32, N: u32, K: u32, sab: u32, sam: u32, sak: u32, sbb: u32, sbk: u32, sbn: u32,
-  alpha: f32, slope: f32, wx0: u32, wy0: u32, wz0: u32,
+  alpha: f32, slope: f32, wx0: u32, wy0: u32, wz0: u32, S: u32, kz: u32,
 }
 @group(0) @binding(0) var<uniform> p: P;`;
+
+/**
+ * The binding of operand `X` and its loader `ldX(i)`: element i of the operand seen as an array
+ * of vec4 (`vec`) or of scalars, converted to f32.
+ */
+function operand(X: string, binding: number, vec: boolean, src: OperandSource): string {
+  const decl = (ty: string) =>
+    `@group(0) @binding(${binding}) var<storage, read> ${X}: array<${ty}>;`;
+  const ret = vec ? "vec4<f32>" : "f32";
+  if (src === "f32") {
+    return `${decl(ret)}\nfn ld${X}(i: u32) -> ${ret} { return ${X}[i]; }`;
+  }
+  if (src === "f16") {
+    return `${
+      decl(vec ? "vec4<f16>" : "f16")
+    }\nfn ld${X}(i: u32) -> ${ret} { return ${ret}(${X}[i]); }`;
+  }
+  const W = TEXTURE_WIDTH, lw = Math.log2(W);
+  const tex = `@group(0) @binding(${binding}) var ${X}: texture_2d<f32>;`;
+  return vec
+    ? `${tex}\nfn ld${X}(i: u32) -> vec4<f32> {
+  return textureLoad(${X}, vec2<u32>(i & ${W - 1}u, i >> ${lw}u), 0);
+}`
+    : `${tex}\nfn ld${X}(i: u32) -> f32 {
+  return textureLoad(${X}, vec2<u32>((i >> 2u) & ${W - 1}u, i >> ${lw + 2}u), 0)[i & 3u];
+}`;
+}
 
 function bindings(v: Variant): string {
   const ty = (vec: boolean) => (vec ? "vec4<f32>" : "f32");
   const lines = [
-    HEADER,
-    `@group(0) @binding(1) var<storage, read> A: array<${ty(v.a[0] === "v")}>;`,
-    `@group(0) @binding(2) var<storage, read> B: array<${ty(v.b[0] === "v")}>;`,
+    v.srcA === "f16" || v.srcB === "f16" ? `enable f16;\n${HEADER}` : HEADER,
+    operand("A", 1, v.a[0] === "v", v.srcA),
+    operand("B", 2, v.b[0] === "v", v.srcB),
     `@group(0) @binding(3) var<storage, read_write> C: array<${ty(v.cv)}>;`,
   ];
   if (v.bias) lines.push("@group(0) @binding(4) var<storage, read> bias: array<f32>;");
@@ -155,7 +203,7 @@ function stores(
   }
   for (let i = 0; i < TM; i++) {
     out.push(`if (${row(i)} < p.M) {`);
-    out.push(`  let r${i} = (b * p.M + ${row(i)}) * p.N;`);
+    out.push(`  let r${i} = (z * p.M + ${row(i)}) * p.N;`);
     if (v.cv && v.pre) {
       for (let j = 0; j < TN; j += 4) {
         const z = [0, 1, 2, 3].map((q) => `pre(c${i}_${j + q}, bias${j + q})`);
@@ -202,7 +250,7 @@ function registerStep(v: Variant, KS: number): string[] {
   if (v.a === "vk") {
     for (let i = 0; i < TM; i++) {
       for (let u = 0; u < KS / 4; u++) {
-        body.push(`let av${i}_${u} = A[ra${i} + k / 4u + ${u}u];`);
+        body.push(`let av${i}_${u} = ldA(ra${i} + k / 4u + ${u}u);`);
         for (let q = 0; q < 4; q++) aName[i][4 * u + q] = `av${i}_${u}[${q}]`;
       }
     }
@@ -210,14 +258,14 @@ function registerStep(v: Variant, KS: number): string[] {
     for (let kk = 0; kk < KS; kk++) {
       body.push(`let ak${kk} = (b * p.sab + (k + ${kk}u) * p.sak) / 4u;`);
       for (let i = 0; i < TM; i += 4) {
-        body.push(`let av${i}_${kk} = A[ak${kk} + mq${i}];`);
+        body.push(`let av${i}_${kk} = ldA(ak${kk} + mq${i});`);
         for (let q = 0; q < 4; q++) aName[i + q][kk] = `av${i}_${kk}[${q}]`;
       }
     }
   } else {
     for (let i = 0; i < TM; i++) {
       for (let kk = 0; kk < KS; kk++) {
-        body.push(`let a${i}_${kk} = A[ra${i} + (k + ${kk}u) * p.sak];`);
+        body.push(`let a${i}_${kk} = ldA(ra${i} + (k + ${kk}u) * p.sak);`);
         aName[i][kk] = `a${i}_${kk}`;
       }
     }
@@ -226,21 +274,21 @@ function registerStep(v: Variant, KS: number): string[] {
     for (let kk = 0; kk < KS; kk++) {
       body.push(`let bk${kk} = ((k + ${kk}u) * p.sbk) / 4u;`);
       for (let j = 0; j < TN; j += 4) {
-        body.push(`let bv${kk}_${j} = B[cb${j} + bk${kk}];`);
+        body.push(`let bv${kk}_${j} = ldB(cb${j} + bk${kk});`);
         for (let q = 0; q < 4; q++) bName[kk][j + q] = `bv${kk}_${j}[${q}]`;
       }
     }
   } else if (v.b === "vk") {
     for (let j = 0; j < TN; j++) {
       for (let u = 0; u < KS / 4; u++) {
-        body.push(`let bv${j}_${u} = B[cb${j} + k / 4u + ${u}u];`);
+        body.push(`let bv${j}_${u} = ldB(cb${j} + k / 4u + ${u}u);`);
         for (let q = 0; q < 4; q++) bName[4 * u + q][j] = `bv${j}_${u}[${q}]`;
       }
     }
   } else {
     for (let kk = 0; kk < KS; kk++) {
       for (let j = 0; j < TN; j++) {
-        body.push(`let b${kk}_${j} = B[cb${j} + (k + ${kk}u) * p.sbk];`);
+        body.push(`let b${kk}_${j} = ldB(cb${j} + (k + ${kk}u) * p.sbk);`);
         bName[kk][j] = `b${kk}_${j}`;
       }
     }
@@ -269,7 +317,9 @@ function registerCode(v: Variant): string {
   const wgM = v.t.rowsFirst ? "(wg.x + p.wx0)" : "(wg.y + p.wy0)";
   const wgN = v.t.rowsFirst ? "(wg.y + p.wy0)" : "(wg.x + p.wx0)";
   const rowOf = WY === 1 ? `${wgM} * ${TM}u` : `(${wgM} * ${WY}u + lid.y) * ${TM}u`;
-  L.push(`let b = wg.z + p.wz0;`);
+  // Grid z walks batch x k-slices (split-k: slice z % S covers k in [kbeg, kend)).
+  L.push(`let z = wg.z + p.wz0; let b = z / p.S;`);
+  L.push(`let kbeg = (z % p.S) * p.kz; let kend = min(p.K, kbeg + p.kz);`);
   L.push(`let m0 = ${rowOf};`);
   L.push(`let n0 = (${wgN} * ${WX}u + lid.x) * ${TN}u;`);
   // Per-row / per-column base addresses (clamped: out-of-range results are never stored).
@@ -302,11 +352,11 @@ function registerCode(v: Variant): string {
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${L.join("\n  ")}
-  var k = 0u;
-  for (; k + ${KS}u <= p.K; k += ${KS}u) {
+  var k = kbeg;
+  for (; k + ${KS}u <= kend; k += ${KS}u) {
     ${main.join("\n    ")}
   }
-  ${tail ? `for (; k < p.K; k += ${tailKS}u) {\n    ${tail.join("\n    ")}\n  }` : ""}
+  ${tail ? `for (; k < kend; k += ${tailKS}u) {\n    ${tail.join("\n    ")}\n  }` : ""}
   ${stores(v, TM, TN)}
 }`;
 }
@@ -323,7 +373,9 @@ function sharedCode(v: Variant): string {
   // vec4 tiles in workgroup memory when each invocation's block is made of whole vec4s.
   const vec = TM % 4 === 0 && TN % 4 === 0;
   const L: string[] = [];
-  L.push(`let b = wg.z + p.wz0;`);
+  // Grid z walks batch x k-slices (split-k: slice z % S covers k in [kbeg, kend)).
+  L.push(`let z = wg.z + p.wz0; let b = z / p.S;`);
+  L.push(`let kbeg = (z % p.S) * p.kz; let kend = min(p.K, kbeg + p.kz);`);
   L.push(`let tx = lid.x; let ty = lid.y; let li = ty * ${WX}u + tx;`);
   L.push(`let mt = (wg.y + p.wy0) * ${BM}u; let nt = (wg.x + p.wx0) * ${BN}u;`);
   /** Store scalar `val` at element `idx` of tile `arr` (a vec4 array when `vec`). */
@@ -337,7 +389,7 @@ function sharedCode(v: Variant): string {
     loadA.push(`  let row = e / ${BK / 4}u; let kq = e % ${BK / 4}u;`);
     loadA.push(`  let m = mt + row; let k = k0 + kq * 4u;`);
     loadA.push(`  var x = vec4<f32>();`);
-    loadA.push(`  if (m < p.M && k < p.K) { x = A[(b * p.sab + m * p.sam + k) / 4u]; }`);
+    loadA.push(`  if (m < p.M && k < kend) { x = ldA((b * p.sab + m * p.sam + k) / 4u); }`);
     loadA.push(
       `  for (var q = 0u; q < 4u; q++) { ${put("As", `(kq * 4u + q) * ${BM}u + row`, "x[q]")} }`,
     );
@@ -348,7 +400,7 @@ function sharedCode(v: Variant): string {
     loadA.push(`  let kk = e / ${BM / 4}u; let mq = e % ${BM / 4}u;`);
     loadA.push(`  let m = mt + mq * 4u; let k = k0 + kk;`);
     loadA.push(`  var x = vec4<f32>();`);
-    loadA.push(`  if (m < p.M && k < p.K) { x = A[(b * p.sab + k * p.sak + m) / 4u]; }`);
+    loadA.push(`  if (m < p.M && k < kend) { x = ldA((b * p.sab + k * p.sak + m) / 4u); }`);
     loadA.push(
       `  ${
         vec
@@ -366,7 +418,7 @@ function sharedCode(v: Variant): string {
     loadA.push(`  ${idx}`);
     loadA.push(`  let m = mt + row; let k = k0 + kk;`);
     loadA.push(`  var x = 0.0;`);
-    loadA.push(`  if (m < p.M && k < p.K) { x = A[b * p.sab + m * p.sam + k * p.sak]; }`);
+    loadA.push(`  if (m < p.M && k < kend) { x = ldA(b * p.sab + m * p.sam + k * p.sak); }`);
     loadA.push(`  ${put("As", `kk * ${BM}u + row`, "x")}`);
     loadA.push(`}`);
   }
@@ -377,7 +429,7 @@ function sharedCode(v: Variant): string {
     loadB.push(`  let kk = e / ${BN / 4}u; let nq = e % ${BN / 4}u;`);
     loadB.push(`  let n = nt + nq * 4u; let k = k0 + kk;`);
     loadB.push(`  var x = vec4<f32>();`);
-    loadB.push(`  if (n < p.N && k < p.K) { x = B[(b * p.sbb + k * p.sbk + n) / 4u]; }`);
+    loadB.push(`  if (n < p.N && k < kend) { x = ldB((b * p.sbb + k * p.sbk + n) / 4u); }`);
     loadB.push(
       `  ${
         vec
@@ -392,7 +444,7 @@ function sharedCode(v: Variant): string {
     loadB.push(`  let col = e / ${BK / 4}u; let kq = e % ${BK / 4}u;`);
     loadB.push(`  let n = nt + col; let k = k0 + kq * 4u;`);
     loadB.push(`  var x = vec4<f32>();`);
-    loadB.push(`  if (n < p.N && k < p.K) { x = B[(b * p.sbb + n * p.sbn + k) / 4u]; }`);
+    loadB.push(`  if (n < p.N && k < kend) { x = ldB((b * p.sbb + n * p.sbn + k) / 4u); }`);
     loadB.push(
       `  for (var q = 0u; q < 4u; q++) { ${put("Bs", `(kq * 4u + q) * ${BN}u + col`, "x[q]")} }`,
     );
@@ -405,7 +457,7 @@ function sharedCode(v: Variant): string {
     loadB.push(`  ${idx}`);
     loadB.push(`  let n = nt + col; let k = k0 + kk;`);
     loadB.push(`  var x = 0.0;`);
-    loadB.push(`  if (n < p.N && k < p.K) { x = B[b * p.sbb + k * p.sbk + n * p.sbn]; }`);
+    loadB.push(`  if (n < p.N && k < kend) { x = ldB(b * p.sbb + k * p.sbk + n * p.sbn); }`);
     loadB.push(`  ${put("Bs", `kk * ${BN}u + col`, "x")}`);
     loadB.push(`}`);
   }
@@ -446,25 +498,47 @@ function sharedCode(v: Variant): string {
     row = (i) => `m0 + ${i}u`;
     col = (j) => `n0 + ${j}u`;
   }
-  const decl = vec
-    ? `var<workgroup> As: array<vec4<f32>, ${(BM * BK) / 4}>;\n` +
-      `var<workgroup> Bs: array<vec4<f32>, ${(BN * BK) / 4}>;`
-    : `var<workgroup> As: array<f32, ${BM * BK}>;\nvar<workgroup> Bs: array<f32, ${BN * BK}>;`;
+  const arr = (n: number) => (vec ? `array<vec4<f32>, ${n / 4}>` : `array<f32, ${n}>`);
+  const db = v.t.double ?? false;
+  // Double-buffered: two copies of each tile; the next tile is staged while this one is used.
+  const decl = db
+    ? `var<workgroup> As: array<${arr(BM * BK)}, 2>;\nvar<workgroup> Bs: array<${arr(BN * BK)}, 2>;`
+    : `var<workgroup> As: ${arr(BM * BK)};\nvar<workgroup> Bs: ${arr(BN * BK)};`;
+  const stage = (buf: string) =>
+    [...loadA, ...loadB].join("\n    ").replaceAll("As[", `As${buf}[`).replaceAll(
+      "Bs[",
+      `Bs${buf}[`,
+    );
+  const body = db
+    ? `{ let k0 = kbeg; ${stage("[0]")} }
+  workgroupBarrier();
+  var cb = 0u;
+  for (var kt = kbeg; kt < kend; kt += ${BK}u) {
+    if (kt + ${BK}u < kend) {
+      let k0 = kt + ${BK}u;
+      ${stage("[1u - cb]")}
+    }
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      ${inner.join("\n      ").replaceAll("As[", "As[cb][").replaceAll("Bs[", "Bs[cb][")}
+    }
+    workgroupBarrier(); // this tile is used up, the next one is staged
+    cb = 1u - cb;
+  }`
+    : `for (var k0 = kbeg; k0 < kend; k0 += ${BK}u) {
+    ${stage("")}
+    workgroupBarrier();
+    for (var kk = 0u; kk < ${BK}u; kk++) {
+      ${inner.join("\n      ")}
+    }
+    workgroupBarrier();
+  }`;
   return /* wgsl */ `${bindings(v)}
 ${decl}
 @compute @workgroup_size(${WX}, ${WY})
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_id) lid: vec3<u32>) {
   ${L.join("\n  ")}
   ${acc.join("\n  ")}
-  for (var k0 = 0u; k0 < p.K; k0 += ${BK}u) {
-    ${loadA.join("\n    ")}
-    ${loadB.join("\n    ")}
-    workgroupBarrier();
-    for (var kk = 0u; kk < ${BK}u; kk++) {
-      ${inner.join("\n      ")}
-    }
-    workgroupBarrier();
-  }
+  ${body}
   ${stores(v, TM, TN, row, col)}
 }`;
 }
@@ -474,7 +548,9 @@ function checkTile(t: MatmulTile): void {
   const bk = t.BK ?? 8;
   if (
     !ok(t.TM, 1, 64) || !ok(t.TN, 1, 64) || !ok(t.WX, 1, 1024) || !ok(t.WY, 1, 1024) ||
-    (t.kind === "shared" && !ok(bk, 1, 64)) || !ok(t.KU ?? 1, 1, 4)
+    (t.kind === "shared" && !ok(bk, 1, 64)) || !ok(t.KU ?? 1, 1, 4) ||
+    !ok(t.splitK ?? 1, 1, 64) || (t.double && t.kind !== "shared") ||
+    (t.textures && t.kind === "shared")
   ) {
     throw new RangeError(`matmul: invalid tile ${JSON.stringify(t)}`);
   }
@@ -495,19 +571,23 @@ function variantOf(
   bias: boolean,
   act: MatmulActivation,
   pre: boolean,
+  srcA: OperandSource = "f32",
+  srcB: OperandSource = "f32",
 ): Variant {
   const { a, b } = matmulModes(d, t);
   const cv = d.N % 4 === 0 && t.TN % 4 === 0;
-  return { t, a, b, cv, bias, act, pre };
+  return { t, a, b, cv, bias, act, pre, srcA, srcB };
 }
 
 /** A variant's name: its family, load modes and epilogue, and the tile (unique per source). */
 function variantName(v: Variant): string {
   const t = v.t;
   const shape = `${t.TM}x${t.TN}_${t.WX}x${t.WY}` + (t.kind === "shared" ? `_k${t.BK ?? 8}` : "") +
-    (t.rowsFirst ? "_rows" : "") + (t.KU && t.KU > 1 ? `_u${t.KU}` : "");
+    (t.rowsFirst ? "_rows" : "") + (t.KU && t.KU > 1 ? `_u${t.KU}` : "") +
+    (t.double && t.kind === "shared" ? "_db" : "");
   return `matmul_${t.kind ?? "register"}_${v.a}_${v.b}${v.cv ? "_c4" : ""}_${shape}` +
-    (v.bias ? "_bias" : "") + (v.act === "none" ? "" : `_${v.act}`) + (v.pre ? "_pre" : "");
+    (v.bias ? "_bias" : "") + (v.act === "none" ? "" : `_${v.act}`) + (v.pre ? "_pre" : "") +
+    (v.srcA === "f32" ? "" : `_${v.srcA}A`) + (v.srcB === "f32" ? "" : `_${v.srcB}B`);
 }
 
 const cached = codeCache();
@@ -537,12 +617,63 @@ export function defaultTile(d: MatmulDims, g: Gpu = gpu()): MatmulTile {
   return t;
 }
 
+/** How the operands of one launch are stored (see {@link OperandSource}). */
+export interface MatmulInputs {
+  /** A's buffer holds f16 values (needs the device feature `shader-f16`); default f32. */
+  f16A?: boolean;
+  /** B's buffer holds f16 values; default f32. */
+  f16B?: boolean;
+}
+
+/** The sum-of-slices kernel of split-k, with the epilogue. */
+function splitSumCode(bias: boolean, act: MatmulActivation, pre: boolean): string {
+  const lines = [
+    "struct P { n: u32, MN: u32, N: u32, S: u32, alpha: f32, slope: f32 }",
+    "@group(0) @binding(0) var<uniform> p: P;",
+    "@group(0) @binding(1) var<storage, read> part: array<f32>;",
+    "@group(0) @binding(2) var<storage, read_write> C: array<f32>;",
+  ];
+  if (bias) lines.push("@group(0) @binding(3) var<storage, read> bias: array<f32>;");
+  if (pre) {
+    lines.push(`@group(0) @binding(${bias ? 4 : 3}) var<storage, read_write> Z: array<f32>;`);
+  }
+  if (act === "gelu" || act === "quick_gelu") lines.push(ACTIVATION_WGSL);
+  return /* wgsl */ `${lines.join("\n")}
+fn act(v: f32) -> f32 { return ${activationExpr(act, "v", "p.slope")}; }
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) li: u32) {
+  let i = ${FLAT_WG} * 256u + li;
+  if (i >= p.n) { return; }
+  let b = i / p.MN; let r = i % p.MN;
+  var s = 0.0;
+  for (var t = 0u; t < p.S; t++) { s += part[(b * p.S + t) * p.MN + r]; }
+  let z = s * p.alpha + ${bias ? "bias[r % p.N]" : "0.0"};
+  ${pre ? "Z[i] = z;" : ""}
+  C[i] = act(z);
+}`;
+}
+
+/** Float elements of an operand that a product with these strides reads (the last index + 1). */
+function extent(batch: number, rows: number, cols: number, sb: number, sr: number, sc: number) {
+  return (batch - 1) * sb + (rows - 1) * sr + (cols - 1) * sc + 1;
+}
+
+/** `buf`'s first `floats` values in a pooled texture (see {@link MatmulTile.textures}). */
+function asTexture(buf: Buf, floats: number): Tex {
+  const texels = Math.ceil(floats / 4);
+  const tex = acquireTexture(TEXTURE_WIDTH, Math.ceil(texels / TEXTURE_WIDTH));
+  copyToTexture(buf, tex, texels);
+  return tex;
+}
+
 /**
  * Record C = act(alpha * op(A) op(B) + bias[N]) for the given dims. `c` must hold
  * batch * M * N floats and must not alias `a`, `b` or `bias`. `tile` defaults to the adapter's
  * choice (`kernels/tune.ts`). Grids larger than the adapter's per-dimension workgroup limit are
- * split into several dispatches. Throws RangeError for invalid tiles, negative sizes or operands
- * larger than maxStorageBufferBindingSize.
+ * split into several dispatches. `inputs` says which operands hold f16 values (f32 accumulation
+ * either way). Throws RangeError for invalid tiles, negative sizes or operands larger than
+ * maxStorageBufferBindingSize.
  */
 export function matmulKernel(
   a: Buf,
@@ -552,6 +683,7 @@ export function matmulKernel(
   bias: Buf | null = null,
   tile?: MatmulTile,
   epilogue: MatmulEpilogue = {},
+  inputs: MatmulInputs = {},
 ): void {
   for (const key of ["batch", "M", "N", "K"] as const) {
     if (!Number.isInteger(d[key]) || d[key] < 0) {
@@ -559,9 +691,10 @@ export function matmulKernel(
     }
   }
   if (d.batch * d.M * d.N === 0) return;
-  const t = tile ?? defaultTile(d);
+  const g = gpu();
+  let t = tile ?? defaultTile(d, g);
   checkTile(t);
-  const { limits } = gpu().adapter;
+  const { limits } = g.adapter;
   checkBinding("A", a, limits.maxStorageBufferBindingSize);
   checkBinding("B", b, limits.maxStorageBufferBindingSize);
   checkBinding("C", c, limits.maxStorageBufferBindingSize);
@@ -571,10 +704,44 @@ export function matmulKernel(
   }
   const pre = epilogue.pre ?? null;
   if (pre) checkBinding("pre", pre, limits.maxStorageBufferBindingSize);
-  const { name, code } = variantCode(variantOf(d, t, bias !== null, act, pre !== null));
-  const bufs = [a, b, c, ...(bias ? [bias] : []), ...(pre ? [pre] : [])];
+  if ((inputs.f16A || inputs.f16B) && !g.adapter.features.includes("shader-f16")) {
+    throw new RangeError(`matmul: f16 operands need the adapter feature shader-f16`);
+  }
+  let srcA: OperandSource = inputs.f16A ? "f16" : "f32";
+  let srcB: OperandSource = inputs.f16B ? "f16" : "f32";
+  const toFree: Tex[] = [];
+  let ia: Buf | Tex = a, ib: Buf | Tex = b;
+  if (t.textures && (t.kind ?? "register") === "register") {
+    const ea = d.K === 0 ? 1 : extent(d.batch, d.M, d.K, d.sab, d.sam, d.sak);
+    const eb = d.K === 0 ? 1 : extent(d.batch, d.K, d.N, d.sbb, d.sbk, d.sbn);
+    const rows = (e: number) => Math.ceil(e / 4 / TEXTURE_WIDTH);
+    const fits = Math.max(rows(ea), rows(eb)) <= limits.maxTextureDimension2D;
+    if (fits && srcA === "f32" && srcB === "f32") {
+      ia = asTexture(a, ea);
+      ib = asTexture(b, eb);
+      toFree.push(ia, ib);
+      srcA = srcB = "texture";
+    } else t = { ...t, textures: false };
+  }
+  const S = Math.max(1, Math.min(t.splitK ?? 1, Math.ceil(d.K / 4)));
+  // Split-k: slices of kz (a multiple of 4 and of BK, so vec4 loads stay aligned).
+  const step = Math.max(4, t.kind === "shared" ? t.BK ?? 8 : 4);
+  const kz = S > 1 ? Math.ceil(d.K / S / step) * step : Math.max(d.K, 1);
+  const slices = S > 1 ? Math.ceil(d.K / kz) : 1;
+  const part = slices > 1 ? pool.acquire(d.batch * slices * d.M * d.N * 4) : null;
+  const v = part
+    ? variantOf(d, t, false, "none", false, srcA, srcB)
+    : variantOf(d, t, bias !== null, act, pre !== null, srcA, srcB);
+  const { name, code } = variantCode(v);
+  const bufs = [
+    ia,
+    ib,
+    part ?? c,
+    ...(!part && bias ? [bias] : []),
+    ...(!part && pre ? [pre] : []),
+  ];
   const BM = t.TM * t.WY, BN = t.TN * t.WX;
-  const nBlocks = Math.ceil(d.N / BN), mBlocks = Math.ceil(d.M / BM), gz = d.batch;
+  const nBlocks = Math.ceil(d.N / BN), mBlocks = Math.ceil(d.M / BM), gz = d.batch * slices;
   const rowsFirst = (t.kind ?? "register") === "register" && (t.rowsFirst ?? false);
   const gx = rowsFirst ? mBlocks : nBlocks, gy = rowsFirst ? nBlocks : mBlocks;
   const max = limits.maxComputeWorkgroupsPerDimension;
@@ -583,8 +750,8 @@ export function matmulKernel(
       for (let x0 = 0; x0 < gx; x0 += max) {
         const p = new Params()
           .u32(d.M, d.N, d.K, d.sab, d.sam, d.sak, d.sbb, d.sbk, d.sbn)
-          .f32(epilogue.alpha ?? 1, epilogue.slope ?? 0.01)
-          .u32(x0, y0, z0)
+          .f32(part ? 1 : epilogue.alpha ?? 1, epilogue.slope ?? 0.01)
+          .u32(x0, y0, z0, slices, kz)
           .build();
         dispatch(name, code, bufs, p, [
           Math.min(max, gx - x0),
@@ -594,4 +761,20 @@ export function matmulKernel(
       }
     }
   }
+  toFree.forEach(releaseTexture);
+  if (!part) return;
+  const sname = `matmul_splitk_sum${bias ? "_bias" : ""}${act === "none" ? "" : `_${act}`}` +
+    (pre ? "_pre" : "");
+  const n = d.batch * d.M * d.N;
+  dispatch(
+    sname,
+    cachedSum(sname, () => splitSumCode(bias !== null, act, pre !== null)),
+    [part, c, ...(bias ? [bias] : []), ...(pre ? [pre] : [])],
+    new Params().u32(n, d.M * d.N, d.N, slices).f32(epilogue.alpha ?? 1, epilogue.slope ?? 0.01)
+      .build(),
+    grid(Math.ceil(n / 256)),
+  );
+  pool.release(part);
 }
+
+const cachedSum = codeCache();

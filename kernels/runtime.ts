@@ -27,7 +27,7 @@ export interface Buf {
 }
 
 /** Throw a clear GpuError when `buf` belongs to a device older than `generation`. */
-function checkLive(buf: Buf, generation: number): void {
+function checkLive(buf: { readonly gen: number }, generation: number): void {
   if (buf.gen !== generation) {
     throw new GpuError(
       "a tensor of a lost WebGPU device was used: tensors do not survive their device; " +
@@ -188,6 +188,79 @@ function ensurePass(): GPUComputePassEncoder {
   return pass;
 }
 
+// ---- textures (operands read through textureLoad on CPU adapters) ----------------------------
+
+/**
+ * A pooled rgba32float texture that holds a buffer's floats as texels (texel t at (t % width,
+ * t / width)), bound to a kernel in place of a storage buffer (see {@link copyToTexture}).
+ */
+export interface Tex {
+  readonly texture: GPUTexture;
+  readonly view: GPUTextureView;
+  readonly width: number;
+  readonly rows: number;
+  readonly gen: number;
+}
+
+const texPool = new Map<string, Tex[]>();
+
+/** A texture of `width` x `rows` texels from the pool (rows rounded up to a power of two). */
+export function acquireTexture(width: number, rows: number): Tex {
+  const h = 2 ** Math.ceil(Math.log2(Math.max(1, rows)));
+  const key = `${width}x${h}`;
+  const hit = texPool.get(key)?.pop();
+  if (hit) return hit;
+  const { device, generation } = gpu();
+  const texture = device.createTexture({
+    size: { width, height: h },
+    format: "rgba32float",
+    usage: 0x04 /* TEXTURE_BINDING */ | 0x02, /* COPY_DST */
+  });
+  return { texture, view: texture.createView(), width, rows: h, gen: generation };
+}
+
+/** Return a texture to the pool; like buffers, safe while recorded work still reads it. */
+export function releaseTexture(t: Tex): void {
+  if (t.gen !== gpu().generation) return;
+  const key = `${t.width}x${t.rows}`;
+  let list = texPool.get(key);
+  if (!list) texPool.set(key, list = []);
+  list.push(t);
+}
+
+/**
+ * Record a copy of the first `texels` * 4 floats of `buf` into `tex` (in order with the
+ * dispatches around it: later kernels see the copy, earlier ones the texture's old contents).
+ */
+export function copyToTexture(buf: Buf, tex: Tex, texels: number): void {
+  checkErrors();
+  const { device, generation } = gpu();
+  checkLive(buf, generation);
+  if (capturing) return;
+  if (recorded >= MAX_DISPATCHES) flush();
+  pass?.end();
+  pass = null;
+  encoder ??= device.createCommandEncoder();
+  buf.batch = batchId;
+  const W = tex.width, full = Math.floor(texels / W), rest = texels - full * W;
+  const bytesPerRow = W * 16;
+  if (full > 0) {
+    encoder.copyBufferToTexture(
+      { buffer: buf.buffer, offset: 0, bytesPerRow },
+      { texture: tex.texture },
+      { width: W, height: full },
+    );
+  }
+  if (rest > 0) {
+    encoder.copyBufferToTexture(
+      { buffer: buf.buffer, offset: full * bytesPerRow, bytesPerRow },
+      { texture: tex.texture, origin: { x: 0, y: full } },
+      { width: rest, height: 1 },
+    );
+  }
+  recorded++;
+}
+
 /** Uniform values: a typed array (u32/i32/f32 mixed through a DataView by the caller). */
 export type Uniforms = Uint32Array | Int32Array | Float32Array | ArrayBuffer;
 
@@ -198,7 +271,7 @@ export type Uniforms = Uint32Array | Int32Array | Float32Array | ArrayBuffer;
 export function dispatch(
   name: string,
   code: string,
-  buffers: Buf[],
+  buffers: (Buf | Tex)[],
   uniforms: Uniforms | null,
   workgroups: [number, number?, number?],
 ): void {
@@ -225,9 +298,15 @@ export function dispatch(
   }
   const first = uniforms ? 1 : 0;
   for (let i = 0; i < buffers.length; i++) {
-    checkLive(buffers[i], generation);
-    buffers[i].batch = batchId;
-    entries.push({ binding: first + i, resource: { buffer: buffers[i].buffer } });
+    const b = buffers[i];
+    if ("view" in b) {
+      checkLive(b, generation);
+      entries.push({ binding: first + i, resource: b.view });
+      continue;
+    }
+    checkLive(b, generation);
+    b.batch = batchId;
+    entries.push({ binding: first + i, resource: { buffer: b.buffer } });
   }
   const bindGroup = device.createBindGroup({ layout: p.getBindGroupLayout(0), entries });
   const cp = ensurePass();
@@ -435,6 +514,7 @@ export function captureDispatches(fn: () => void): CapturedDispatch[] {
 onNewDevice((generation) => {
   // Everything below belongs to the lost device: drop it without touching it.
   pool.forget(generation);
+  texPool.clear();
   pipelines.clear();
   encoder = null;
   pass = null;

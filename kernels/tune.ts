@@ -43,6 +43,21 @@ export interface Tuning {
    * created with it). False forces the paths without them.
    */
   subgroups: boolean;
+  /**
+   * CPU adapters: the register matmul's inputs and largest tile, when measured (see
+   * `autotune.ts`); null uses the fixed table below.
+   */
+  matmul: MatmulPreference | null;
+  /** Where `matmul` came from: "table" (fixed), "cache" (a stored measurement), "measured". */
+  matmulSource: "table" | "cache" | "measured";
+}
+
+/** What a sweep on a CPU adapter chose for the register matmul family. */
+export interface MatmulPreference {
+  /** Read A and B through textures ({@link MatmulTile.textures}). */
+  textures: boolean;
+  /** Largest TM and TN of a register tile. */
+  maxTile: 16 | 32;
 }
 
 /**
@@ -69,6 +84,23 @@ export interface MatmulTile {
   rowsFirst?: boolean;
   /** Register kind only: the k loop is unrolled 4 * KU times (default 1). */
   KU?: number;
+  /**
+   * Shared kind only: two copies of each workgroup-memory tile, the next staged while the current
+   * one is used (one barrier per step instead of two; twice the memory).
+   */
+  double?: boolean;
+  /**
+   * Split the k loop over this many workgroups (default 1): each writes its partial product to
+   * scratch memory and a second kernel sums them and applies the epilogue. For products with
+   * too few output tiles to fill the GPU and a deep k.
+   */
+  splitK?: number;
+  /**
+   * Register kind only: read A and B through rgba32float textures (`textureLoad`) instead of
+   * storage buffers; the launch copies the operands into pooled textures. On llvmpipe a storage
+   * buffer load is a per-lane loop with bounds checks, a texel fetch is not.
+   */
+  textures?: boolean;
 }
 
 /** The sizes a tile is chosen for (batch, rows, columns, depth). */
@@ -93,6 +125,8 @@ export function tuningFor(a: AdapterDescription, overrides: Partial<Tuning> = {}
     matmulKind: overrides.matmulKind ?? null,
     attentionTiles: overrides.attentionTiles ?? "auto",
     subgroups: overrides.subgroups ?? a.features.includes("subgroups"),
+    matmul: overrides.matmul ?? null,
+    matmulSource: overrides.matmulSource ?? (overrides.matmul ? "measured" : "table"),
   };
 }
 
@@ -109,9 +143,10 @@ function count(s: MatmulShape, bm: number, bn: number): number {
  * (0.3 s for 16x8, 0.6 s for 16x16, ~5 s for 32x32), so they are kept for products large enough
  * to repay it. Tiles never get much wider or taller than the matrix.
  */
-function cpuTile(s: MatmulShape): MatmulTile {
+function cpuTile(s: MatmulShape, pref: MatmulPreference | null = null): MatmulTile {
   const work = s.batch * s.M * s.N * s.K;
-  const maxOutputs = work >= 2 ** 30 ? 1024 : work >= 2 ** 26 ? 256 : 128;
+  const cap = pref?.maxTile === 16 ? 256 : 1024;
+  const maxOutputs = Math.min(cap, work >= 2 ** 30 ? 1024 : work >= 2 ** 26 ? 256 : 128);
   const pick = (limit: number) => [32, 16, 8, 4].find((t) => t <= limit) ?? 4;
   // Square-ish blocks: the most FMAs per loaded value for a given number of outputs.
   const TN = pick(Math.max(4, Math.min(Math.sqrt(maxOutputs), s.N / 8)));
@@ -119,7 +154,10 @@ function cpuTile(s: MatmulShape): MatmulTile {
   // Keep both cores busy: at least 4 workgroups when the product allows it.
   while (TM > 4 && count(s, TM, 8 * TN) < 4) TM /= 2;
   // rowsFirst: consecutive workgroups share B's column panel in cache.
-  return { TM, TN, WX: 8, WY: 1, rowsFirst: true };
+  const t: MatmulTile = { TM, TN, WX: 8, WY: 1, rowsFirst: true };
+  // Textures where measured faster, for products that repay the copy into them.
+  if (pref?.textures && work >= 2 ** 21) t.textures = true;
+  return t;
 }
 
 /** Workgroup-memory tile for a GPU: as large as still gives enough workgroups to fill it. */
@@ -135,6 +173,14 @@ function gpuTile(s: MatmulShape, a: AdapterDescription): MatmulTile {
   const mid: MatmulTile = { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16 };
   const small: MatmulTile = { kind: "shared", TM: 4, TN: 4, WX: 8, WY: 8, BK: 16 };
   if (count(s, 128, 128) >= 256 && fits(big)) return big;
+  // Too few output tiles for the GPU and a deep k: split k over workgroups (a second kernel
+  // sums the slices). Untimed default: bench/matmul_tune.ts measures the split candidates.
+  if (count(s, 64, 64) < 64 && s.K >= 2048 && fits(mid)) {
+    return {
+      ...mid,
+      splitK: Math.min(8, Math.ceil(128 / count(s, 64, 64)), Math.floor(s.K / 512)),
+    };
+  }
   if (count(s, 64, 64) >= 128 && fits(mid)) return mid;
   return fits(small) ? small : { kind: "shared", TM: 4, TN: 4, WX: 8, WY: 8, BK: 4 };
 }
@@ -150,5 +196,5 @@ export function matmulTile(
   tuning: Partial<Tuning> = {},
 ): MatmulTile {
   const kind = tuning.matmulKind ?? ((tuning.cpu ?? isCpuAdapter(a)) ? "register" : "shared");
-  return kind === "register" ? cpuTile(s) : gpuTile(s, a);
+  return kind === "register" ? cpuTile(s, tuning.matmul ?? null) : gpuTile(s, a);
 }
