@@ -173,11 +173,16 @@ gpuTest("matmul: f16 operands without shader-f16 are refused clearly", () => {
 gpuTest(
   "matmul: a texture operand larger than the texture limit falls back to buffers",
   async () => {
-    // 1 x 4 x 64: tiny textures; force the fallback by claiming the adapter's limit is 0 rows.
+    // Force the fallback by claiming the adapter's texture limit is 0 rows.
     const g = gpu();
     const saved = g.adapter.limits.maxTextureDimension2D;
     g.adapter.limits.maxTextureDimension2D = 0;
     try {
+      const x = pool.acquire(4 * 37 * 129);
+      const d = denseDims(1, 37, 41, 129);
+      const [k] = captureDispatches(() => matmulKernel(x, x, x, d, null, TEX));
+      pool.release(x);
+      assert.doesNotMatch(k.name, /texture/, k.name);
       await check(CASES[0], { tile: TEX }, "texture fallback");
     } finally {
       g.adapter.limits.maxTextureDimension2D = saved;
