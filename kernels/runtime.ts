@@ -309,13 +309,134 @@ export function dispatch(
     entries.push({ binding: first + i, resource: { buffer: b.buffer } });
   }
   const bindGroup = device.createBindGroup({ layout: p.getBindGroupLayout(0), entries });
-  const cp = ensurePass();
+  const cp = profiling ? profiledPass(name) : ensurePass();
   cp.setPipeline(p);
   cp.setBindGroup(0, bindGroup);
   const [x, y = 1, z = 1] = workgroups;
   if (x > 0 && y > 0 && z > 0) cp.dispatchWorkgroups(x, y, z);
+  if (profiling) {
+    cp.end();
+    pass = null;
+  }
   recorded++;
   counters.dispatches++;
+}
+
+// ---- profiling: GPU time per kernel (timestamp queries) ---------------------------------------
+
+/** GPU time of one kernel name over a profile: launches and total nanoseconds. */
+export interface KernelTime {
+  count: number;
+  ns: number;
+}
+
+interface Profile {
+  querySet: GPUQuerySet;
+  resolve: GPUBuffer;
+  capacity: number;
+  /** Kernel names of the passes recorded in this batch (2 queries each). */
+  names: string[];
+  pending: Promise<void>[];
+  totals: Map<string, KernelTime>;
+  /** Pairs whose end was before their start (a driver without reliable timestamps). */
+  bad: number;
+}
+
+let profiling: Profile | null = null;
+const PROFILE_QUERIES = 2048;
+
+/** A compute pass for one dispatch of `name`, with timestamps at its start and end. */
+function profiledPass(name: string): GPUComputePassEncoder {
+  const prof = profiling!;
+  if (prof.names.length * 2 >= prof.capacity) flush();
+  const { device } = gpu();
+  pass?.end();
+  pass = null;
+  encoder ??= device.createCommandEncoder();
+  const i = prof.names.length * 2;
+  prof.names.push(name);
+  return encoder.beginComputePass({
+    timestampWrites: {
+      querySet: prof.querySet,
+      beginningOfPassWriteIndex: i,
+      endOfPassWriteIndex: i + 1,
+    },
+  });
+}
+
+/** Record the resolve of this batch's timestamps (called by {@link flush} before submit). */
+function resolveProfile(enc: GPUCommandEncoder): (() => void) | null {
+  const prof = profiling;
+  if (!prof || prof.names.length === 0) return null;
+  const { device } = gpu();
+  const n = prof.names.length * 2;
+  const staging = device.createBuffer({ size: n * 8, usage: 0x01 /* MAP_READ */ | 0x08 });
+  enc.resolveQuerySet(prof.querySet, 0, n, prof.resolve, 0);
+  enc.copyBufferToBuffer(prof.resolve, 0, staging, 0, n * 8);
+  const names = prof.names;
+  prof.names = [];
+  // After the submit: map and add up, without making anything wait for it.
+  return () => {
+    prof.pending.push(
+      staging.mapAsync(0x01).then(() => {
+        const t = new BigUint64Array(staging.getMappedRange().slice(0));
+        staging.unmap();
+        staging.destroy();
+        names.forEach((name, k) => {
+          const dt = Number(t[2 * k + 1] - t[2 * k]);
+          if (!(dt >= 0)) prof.bad++;
+          const e = prof.totals.get(name) ?? { count: 0, ns: 0 };
+          e.count++;
+          e.ns += Math.max(0, dt);
+          prof.totals.set(name, e);
+        });
+      }),
+    );
+  };
+}
+
+/**
+ * Start recording the GPU time of every kernel launch (each dispatch gets its own compute pass
+ * with timestamp queries, which costs a little). Needs the adapter feature `timestamp-query`;
+ * throws a clear Error without it. Stop with {@link stopProfile}.
+ */
+export function startProfile(): void {
+  const { device } = gpu();
+  if (!device.features.has("timestamp-query")) {
+    throw new Error("profiling needs the adapter feature timestamp-query, which this one lacks");
+  }
+  if (profiling) throw new Error("a profile is already running");
+  flush();
+  profiling = {
+    querySet: device.createQuerySet({ type: "timestamp", count: PROFILE_QUERIES }),
+    resolve: device.createBuffer({
+      size: PROFILE_QUERIES * 8,
+      usage: 0x200 /* QUERY_RESOLVE */ | 0x04, /* COPY_SRC */
+    }),
+    capacity: PROFILE_QUERIES,
+    names: [],
+    pending: [],
+    totals: new Map(),
+    bad: 0,
+  };
+}
+
+/**
+ * Finish the profile: waits for the GPU and returns the GPU time per kernel name (the name a
+ * kernel was dispatched under: its variant), and how many timestamp pairs were unusable.
+ */
+export async function stopProfile(): Promise<{ kernels: Map<string, KernelTime>; bad: number }> {
+  if (!profiling) throw new Error("no profile is running");
+  const prof = profiling;
+  try {
+    await sync();
+    await Promise.all(prof.pending);
+  } finally {
+    profiling = null;
+    prof.querySet.destroy();
+    prof.resolve.destroy();
+  }
+  return { kernels: prof.totals, bad: prof.bad };
 }
 
 /** Submit everything recorded so far (one command buffer). Cheap when nothing is recorded. */
@@ -325,7 +446,9 @@ export function flush(): void {
   pass?.end();
   pass = null;
   if (arena && arenaUsed > 0) device.queue.writeBuffer(arena, 0, arenaCpu, 0, arenaUsed);
+  const afterSubmit = resolveProfile(encoder);
   device.queue.submit([encoder.finish()]);
+  afterSubmit?.();
   encoder = null;
   arenaUsed = 0;
   recorded = 0;
@@ -524,6 +647,7 @@ onNewDevice((generation) => {
   batchId++;
   checkBuf = null;
   checkSites = [];
+  profiling = null;
 });
 
 /**
