@@ -36,6 +36,7 @@ const args = parseArgs({
     "no-peers": { type: "boolean", default: false },
     only: { type: "string" },
     reps: { type: "string" },
+    peers: { type: "string" },
   },
 });
 const QUICK = args.values.quick!;
@@ -306,7 +307,9 @@ const peers: Peer[] = [];
 const peerErrors: string[] = [];
 if (!args.values["no-peers"]) {
   const loaders = [["tfjs-webgpu", loadTfjs], ["onnxruntime-web", loadOrt], ["jax-js", loadJax]];
+  const wanted = args.values.peers?.split(",");
   for (const [name, load] of loaders as [string, () => Promise<Peer>][]) {
+    if (wanted && !wanted.includes(name)) continue;
     try {
       const p = await load();
       peers.push(p);
@@ -645,6 +648,7 @@ lines.push("```");
 lines.push("");
 lines.push(
   "Options: `--quick` (2 repetitions, skips the ViT MLP matmul), `--out FILE`, `--no-peers`, " +
+    "`--peers tfjs-webgpu,onnxruntime-web,jax-js`, " +
     "`--only matmul-1024,attention,...`, `--reps N`. The machine should be otherwise idle: on " +
     "llvmpipe every engine shares the same CPU cores with whatever else runs.",
 );

@@ -268,9 +268,9 @@ export async function loadOrt(): Promise<Peer> {
  * Load jax-js (@jax-js/jax) on its WebGPU device: it generates its own WGSL and fuses
  * elementwise work under `jit`. Every workload is one `jit`-compiled function (its first call,
  * untimed, compiles). jax-js arrays are reference-counted: a call consumes its arguments, so
- * inputs are passed as `x.ref`. Waiting = `blockUntilReady()` on the last output (jax-js submits
- * its pending work), then `onSubmittedWorkDone()` on jax-js's device. Throws when jax-js finds no
- * WebGPU device.
+ * inputs are passed as `x.ref`. jax-js is lazy, so each run calls `blockUntilReady()` on its
+ * outputs at once (which submits them) and the wait awaits those, then `onSubmittedWorkDone()` on
+ * jax-js's device. Throws when jax-js finds no WebGPU device.
  */
 export async function loadJax(): Promise<Peer> {
   const jax = await import("@jax-js/jax");
@@ -286,30 +286,41 @@ export async function loadJax(): Promise<Peer> {
   const version = /jax-js[+/]jax@([\w.-]+)/.exec(import.meta.resolve("@jax-js/jax"))?.[1] ?? "?";
   const arr = (x: Float32Array, shape: number[]) =>
     np.array(new Float32Array(x) as Float32Array<ArrayBuffer>).reshape(shape);
+  // jax-js is lazy: an output disposed before it is realised is never computed. So every run
+  // starts realising its output at once (blockUntilReady submits it, then waits in the
+  // background), outputs are kept until the wait, and the wait awaits all of them.
   const runner = (inputs: A[], f: (...xs: A[]) => A | A[]): Runner => {
     const g = jax.jit(f as (...xs: A[]) => A);
-    let last: A[] = [];
+    let outs: A[][] = [];
+    let ready: Promise<unknown>[] = [];
+    const last = () => outs[outs.length - 1];
+    const drop = (keep: number) => {
+      for (const o of outs.slice(0, outs.length - keep)) o.forEach((t) => t.dispose());
+      outs = outs.slice(outs.length - keep);
+    };
     return {
       run() {
-        last.forEach((t) => t.dispose());
         const r = g(...inputs.map((x) => x.ref)) as unknown as A | A[];
-        last = Array.isArray(r) ? r : [r];
+        const o = Array.isArray(r) ? r : [r];
+        outs.push(o);
+        ready.push(...o.map((t) => t.ref.blockUntilReady()));
       },
       async wait() {
-        // blockUntilReady submits jax-js's pending work; its 0-byte read may not wait for it.
-        await last[0].ref.blockUntilReady();
+        await Promise.all(ready);
+        ready = [];
         await dev.queue.onSubmittedWorkDone();
+        drop(1);
       },
       async result() {
-        const out = Float32Array.from(await last[0].ref.data() as Float32Array);
-        const indices = last[1]
-          ? Int32Array.from(await last[1].ref.data() as ArrayLike<number>)
+        const out = Float32Array.from(await last()[0].ref.data() as Float32Array);
+        const indices = last()[1]
+          ? Int32Array.from(await last()[1].ref.data() as ArrayLike<number>)
           : undefined;
         return { out, indices };
       },
       dispose() {
-        [...last, ...inputs].forEach((t) => t.dispose());
-        last = [];
+        drop(0);
+        inputs.forEach((t) => t.dispose());
       },
     };
   };
