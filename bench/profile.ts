@@ -100,7 +100,9 @@ async function profile(workload: string, run: () => void | Promise<void>): Promi
       `${r.dispatches} dispatches${bad ? ` (${bad} unusable timestamp pairs)` : ""}`,
   );
   console.log(`${"family".padEnd(28)} ${"GPU ms".padStart(10)}  share  launches`);
-  for (const [f, k] of r.byFamily) console.log(`${f.padEnd(28)} ${ms(k.ns)} ${pct(k.ns)}  ${k.count}`);
+  for (const [f, k] of r.byFamily) {
+    console.log(`${f.padEnd(28)} ${ms(k.ns)} ${pct(k.ns)}  ${k.count}`);
+  }
   console.log(`\ntop kernels (variants)`);
   for (const [n, k] of r.top) {
     console.log(`${n.slice(0, 70).padEnd(70)} ${ms(k.ns)} ${pct(k.ns)}  ${k.count}`);
@@ -154,7 +156,11 @@ if (args.out) {
   }));
   await Deno.writeTextFile(
     args.out,
-    JSON.stringify({ adapter: g.adapter, layers, batch: B, trainBatch: TB, results: json }, null, 1),
+    JSON.stringify(
+      { adapter: g.adapter, layers, batch: B, trainBatch: TB, results: json },
+      null,
+      1,
+    ),
   );
   console.log(`wrote ${args.out}`);
 }
