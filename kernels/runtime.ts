@@ -12,6 +12,10 @@
  * that read them are still being recorded: later dispatches in the same queue run after them. The
  * one unsafe case, a CPU upload into a buffer that an unsubmitted dispatch still reads, is handled
  * by {@link upload}, which submits first.
+ *
+ * Also here, because they share the recording state (the open encoder and compute pass): copies
+ * of buffers into operand textures ({@link copyToTexture}) and per-kernel GPU timing with
+ * timestamp queries ({@link startProfile}). One file for one state machine.
  */
 import { checkErrors, deferError, gpu, GpuError, lostPromise, onNewDevice } from "./device.ts";
 
