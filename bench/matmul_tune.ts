@@ -99,6 +99,7 @@ const candidates: MatmulTile[] = [
   { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16, double: true, splitK: 4 },
   { TM: 32, TN: 32, WX: 8, WY: 1, rowsFirst: true, KU: 2, textures: true },
   { TM: 16, TN: 16, WX: 8, WY: 1, rowsFirst: true, textures: true },
+  { TM: 32, TN: 32, WX: 8, WY: 1, rowsFirst: true, KU: 2, textures: "B" },
 ];
 const tiles = candidates.filter((t) =>
   t.WX * t.WY <= limits.maxComputeInvocationsPerWorkgroup &&

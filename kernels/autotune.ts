@@ -142,31 +142,39 @@ export function cpuCandidates(): MatmulTile[] {
 
 /** The preference a candidate tile stands for. */
 export function preferenceOf(t: MatmulTile): MatmulPreference {
-  return { textures: t.textures ?? false, maxTile: t.TM >= 32 ? 32 : 16 };
+  return { textures: t.textures === true, maxTile: t.TM >= 32 ? 32 : 16 };
 }
 
 /**
- * Pick the fastest of `candidates` by `time(tile) -> ms` (best of `reps` after one warm-up run,
- * which also compiles), returning the record to store.
+ * Pick the fastest of `candidates` by `time(tile) -> ms`: one untimed run each (it compiles),
+ * then `reps` rounds that time every candidate once, in turn, so that a burst of other work on
+ * the machine hits all of them alike; each candidate's best round counts. Returns the record to
+ * store.
  */
 export async function sweep(
   candidates: MatmulTile[],
   time: (t: MatmulTile) => Promise<number>,
   flops: number,
   shape: string,
-  reps = 2,
+  reps = 3,
 ): Promise<TuneRecord> {
-  const measured: Record<string, number> = {};
-  let best: MatmulTile = candidates[0], bestRate = 0;
-  for (const t of candidates) {
-    await time(t);
-    let ms = Infinity;
-    for (let r = 0; r < reps; r++) ms = Math.min(ms, await time(t));
-    const rate = flops / ms / 1e6;
-    measured[JSON.stringify(t)] = Number(rate.toFixed(2));
-    if (rate > bestRate) [best, bestRate] = [t, rate];
+  for (const t of candidates) await time(t);
+  const best = candidates.map(() => Infinity);
+  for (let r = 0; r < reps; r++) {
+    for (const [i, t] of candidates.entries()) best[i] = Math.min(best[i], await time(t));
   }
-  return { preference: preferenceOf(best), measured, shape, when: new Date().toISOString() };
+  const measured: Record<string, number> = {};
+  let win = 0;
+  candidates.forEach((t, i) => {
+    measured[JSON.stringify(t)] = Number((flops / best[i] / 1e6).toFixed(2));
+    if (best[i] < best[win]) win = i;
+  });
+  return {
+    preference: preferenceOf(candidates[win]),
+    measured,
+    shape,
+    when: new Date().toISOString(),
+  };
 }
 
 /**

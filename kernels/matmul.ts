@@ -177,10 +177,15 @@ export function matmulKernel(
     const rows = (e: number) => Math.ceil(e / 4 / TEXTURE_WIDTH);
     const fits = Math.max(rows(ea), rows(eb)) <= limits.maxTextureDimension2D;
     if (fits && srcA === "f32" && srcB === "f32") {
-      ia = asTexture(a, ea);
-      ib = asTexture(b, eb);
-      toFree.push(ia, ib);
-      srcA = srcB = "texture";
+      // true: both operands; "A" / "B": that one only.
+      if (t.textures !== "B") {
+        toFree.push(ia = asTexture(a, ea));
+        srcA = "texture";
+      }
+      if (t.textures !== "A") {
+        toFree.push(ib = asTexture(b, eb));
+        srcB = "texture";
+      }
     } else t = { ...t, textures: false };
   }
   const S = Math.max(1, Math.min(t.splitK ?? 1, Math.ceil(d.K / 4)));

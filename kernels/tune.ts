@@ -98,9 +98,10 @@ export interface MatmulTile {
   /**
    * Register kind only: read A and B through rgba32float textures (`textureLoad`) instead of
    * storage buffers; the launch copies the operands into pooled textures. On llvmpipe a storage
-   * buffer load is a per-lane loop with bounds checks, a texel fetch is not.
+   * buffer load is a per-lane loop with bounds checks, a texel fetch is not. `"A"` or `"B"`:
+   * only that operand (the other from its storage buffer).
    */
-  textures?: boolean;
+  textures?: boolean | "A" | "B";
 }
 
 /** The sizes a tile is chosen for (batch, rows, columns, depth). */
