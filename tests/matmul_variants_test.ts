@@ -222,6 +222,10 @@ Deno.test("tile chooser: a measured CPU preference (textures, 16x16 cap) is appl
   assert.equal(matmulTile(s, CPU).TM, 32);
   const t = matmulTile(s, CPU, { matmul: { textures: true, maxTile: 16 } });
   assert.deepEqual([t.TM, t.TN, t.textures], [16, 16, true]);
+  // A measured 32x32 preference applies from 2^28 multiply-adds (ViT-B/16 MLP at batch 2).
+  const vit = { batch: 1, M: 394, N: 3072, K: 768 };
+  assert.equal(matmulTile(vit, CPU).TM, 16);
+  assert.equal(matmulTile(vit, CPU, { matmul: { textures: true, maxTile: 32 } }).TM, 32);
   // Tiny products skip the copy into textures.
   const tiny = matmulTile({ batch: 1, M: 8, N: 8, K: 8 }, CPU, {
     matmul: { textures: true, maxTile: 32 },
