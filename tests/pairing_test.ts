@@ -24,7 +24,13 @@ import {
   randomPairing,
   readPairing,
 } from "../clip/pairing.ts";
-import { type Corpus, parseCorpus, readCorpus, sha256Hex } from "../clip/pairing_corpus.ts";
+import {
+  cachedSha256File,
+  type Corpus,
+  parseCorpus,
+  readCorpus,
+  sha256Hex,
+} from "../clip/pairing_corpus.ts";
 import { embedSplitImages, type ImageRangeSource } from "../clip/pairing_images.ts";
 import { topKReports } from "../clip/pairing_match.ts";
 import {
@@ -199,6 +205,23 @@ Deno.test("pairing corpus: BOM, CRLF, blank lines skipped with 1-based line numb
   );
   const bad = new Uint8Array([...enc.encode("ok\nfine\nbad "), 0xff, 0x0a]);
   assert.throws(() => parseCorpus(bad, "b.txt"), /corpus b\.txt line 3: not valid UTF-8/);
+});
+
+Deno.test("pairing weights digest: hashed once, remembered by path, size and mtime", async () => {
+  await withTempDir("pairing-sha-", async (dir) => {
+    const file = join(dir, "w.bin"), memo = join(dir, "sha256.json");
+    await Deno.writeFile(file, enc.encode("weights v1"));
+    assert.equal(await cachedSha256File(file, memo), sha256Hex("weights v1"));
+    // A remembered digest is used as is (here a planted one) while size and mtime match ...
+    const table = JSON.parse(await Deno.readTextFile(memo));
+    const key = Object.keys(table)[0];
+    table[key].sha256 = "planted";
+    await Deno.writeTextFile(memo, JSON.stringify(table));
+    assert.equal(await cachedSha256File(file, memo), "planted");
+    // ... and the file is hashed again when it changes.
+    await Deno.writeFile(file, enc.encode("weights v2, longer"));
+    assert.equal(await cachedSha256File(file, memo), sha256Hex("weights v2, longer"));
+  });
 });
 
 Deno.test("pairing windows: first window = tokenize row, windows cover every token (CLIP and CONCH)", async () => {
