@@ -49,7 +49,10 @@ const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out 
   --quiet              no progress bar`;
 
 /** Where the tokenizer is: the flag, beside the weights, or the shared CLIP merges file. */
-async function findTokenizer(flag: string | undefined, weights: string | null): Promise<string> {
+export async function findTokenizer(
+  flag: string | undefined,
+  weights: string | null,
+): Promise<string> {
   if (flag) return flag;
   const candidates: string[] = [];
   if (weights) {
