@@ -10,7 +10,7 @@
  * parameters, not modules, so PEFT cannot adapt them; they are left out by default so that a run
  * here and a PEFT run adapt the same weights, and `proj` adds them.
  */
-import type { LoraSite } from "./lora.ts";
+import type { LoraSite } from "../nn/lora.ts";
 
 /** The kinds of weights a LoRA adapter can go on. */
 export const LORA_ROLES = ["attn", "mlp", "embedding", "patch", "proj"] as const;
