@@ -76,7 +76,7 @@ gpuTest(
     const clip = await loadClip(FIX + "clipit_init_openclip.safetensors", {
       arch: FIX + "clipit_tiny_config.json",
     });
-    const backbone = new ClipImageBackbone(clip);
+    const backbone = ClipImageBackbone.fromClip(clip);
     const textEncoder = new ClipTextEncoder(clip);
     const filter = loraTargetFilter(DEFAULT_LORA_TARGETS);
     applyLora(backbone, { rank: 4, alpha: 8, filter });

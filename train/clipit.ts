@@ -129,6 +129,11 @@ export function rowCosine(a: Tensor, b: Tensor): Tensor {
   return sum(mul(l2Normalize(a), l2Normalize(b)), 1);
 }
 
+/** The distillation term `mean(1 - cos(tHat, t))` over the batch (a scalar). */
+export function distillLoss(tHat: Tensor, t: Tensor): Tensor {
+  return addScalar(scale(mean(rowCosine(tHat, t)), -1), 1);
+}
+
 /**
  * The CLIP-IT loss `CE(logits, y) + lambda * mean(1 - cos(tHat, t))` on logits (no softmax
  * before the cross-entropy). `t` is the text embedding of each image's paired report; it is not
@@ -145,7 +150,7 @@ export function clipItLoss(
     throw new RangeError(`clipItLoss: lambda must be a finite number >= 0, got ${lambda}`);
   }
   const ce = crossEntropy(logits, labels);
-  const distill = addScalar(scale(mean(rowCosine(tHat, t)), -1), 1);
+  const distill = distillLoss(tHat, t);
   // With lambda = 0 the distillation term is only reported: it must not put (zero) gradients
   // on the text encoder, whose Adam weight decay would then still move it.
   const loss = lambda === 0 ? ce : add(ce, scale(distill, lambda));
