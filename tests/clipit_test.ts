@@ -98,7 +98,7 @@ gpuTest(
       const terms = tidy(() => {
         const t = textTargets(textEncoder, tokens);
         const out = model.forward(tensor(images.data, images.shape));
-        const l = clipItLoss(out.logits, tensor(labels, [labels.length]), out.tHat, t, 1);
+        const l = clipItLoss(out.logits, tensor(labels, [labels.length]), out.tHat!, t, 1);
         backward(l.loss);
         const norm = clipGradNorm(params, 0.5);
         opt.step();

@@ -30,7 +30,10 @@ import type { ImageBackbone, TextEncoder } from "../clip/backbone.ts";
 export interface ClipItModelOptions {
   /** Number of classes C. */
   numClasses: number;
-  /** Width d_t of the text space (the text encoder's embedding size). */
+  /**
+   * Width d_t of the text space (the text encoder's embedding size); 0 for a unimodal baseline
+   * (then only `fc` exists: logits = fc(v)).
+   */
   textDim: number;
   /** Build the text-branch head h_t and the fusion g (default true). */
   textBranch?: boolean;
@@ -42,8 +45,8 @@ export interface ClipItModelOptions {
 export interface ClipItOutput {
   /** The fused logits `out` [B, C] (or `z_v` with the text branch off). */
   logits: Tensor;
-  /** The projected image embedding `t_hat` [B, d_t]. */
-  tHat: Tensor;
+  /** The projected image embedding `t_hat` [B, d_t] (null for a baseline). */
+  tHat: Tensor | null;
   /** The image features `v` [B, D]. */
   features: Tensor;
 }
@@ -58,8 +61,8 @@ export class ClipItModel extends Module {
   backbone: ImageBackbone;
   /** The unimodal head fc: D -> C. */
   fc: Linear;
-  /** The projection h_d from image features to the text space: D -> d_t. */
-  h_d: Linear;
+  /** The projection h_d from image features to the text space: D -> d_t (null for a baseline). */
+  h_d: Linear | null;
   /** The text-branch head h_t: d_t -> d_t -> LeakyReLU(0.1) -> C (null with the branch off). */
   h_t: MLP | null;
   /** The late fusion g: 2C -> C (null with the text branch off). */
@@ -76,14 +79,17 @@ export class ClipItModel extends Module {
     if (!(Number.isInteger(C) && C >= 2)) {
       throw new RangeError(`ClipItModel: need at least 2 classes, got ${C}`);
     }
+    if (!(Number.isInteger(textDim) && textDim >= 0)) {
+      throw new RangeError(`ClipItModel: textDim must be an integer >= 0, got ${textDim}`);
+    }
     this.backbone = backbone;
     this.numClasses = C;
     this.textDim = textDim;
     const rng = new Rng(opts.seed ?? 0);
     const D = backbone.featureDim;
     this.fc = new Linear(D, C, { rng });
-    this.h_d = new Linear(D, textDim, { rng });
-    const branch = opts.textBranch ?? true;
+    this.h_d = textDim > 0 ? new Linear(D, textDim, { rng }) : null;
+    const branch = textDim > 0 && (opts.textBranch ?? true);
     this.h_t = branch
       ? new MLP([textDim, textDim, C], { rng, activation: (x) => leakyRelu(x, 0.1) })
       : null;
@@ -102,8 +108,9 @@ export class ClipItModel extends Module {
   }
 
   /** The heads alone, on image features [B, D]. */
-  heads(features: Tensor): { logits: Tensor; tHat: Tensor } {
+  heads(features: Tensor): { logits: Tensor; tHat: Tensor | null } {
     const zV = this.fc.forward(features);
+    if (!this.h_d) return { logits: zV, tHat: null };
     const tHat = this.h_d.forward(features);
     if (!this.h_t || !this.g) return { logits: zV, tHat };
     const zT = this.h_t.forward(tHat);

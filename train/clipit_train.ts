@@ -308,7 +308,7 @@ export async function trainClipIt(
             const d = clipItLoss(
               out.logits,
               tensor(new Int32Array(indices.length)),
-              out.tHat,
+              out.tHat!,
               t,
               0,
             );
@@ -366,7 +366,7 @@ export async function trainClipIt(
           const reports = Array.from(b.indices, (i) => data.trainReports[i]);
           const t = targetsFor(reports);
           const out = model.forward(b.images);
-          const l = clipItLoss(out.logits, b.labels, out.tHat, t, lambda);
+          const l = clipItLoss(out.logits, b.labels, out.tHat!, t, lambda);
           backward(l.loss);
           const scalars: Record<string, Tensor> & { loss: Tensor } = {
             loss: l.loss,
