@@ -205,7 +205,7 @@ async function loadModel(
     }
     return {
       model: {
-        image: new ClipImageBackbone(clip),
+        image: ClipImageBackbone.fromClip(clip),
         text: new ClipTextEncoder(clip),
         tokenizer,
         identity: {

@@ -21,6 +21,7 @@ import { readImage } from "../nn/formats/image.ts";
 import { SafetensorsFile } from "../nn/formats/safetensors.ts";
 import { writeFileAtomic } from "../nn/formats/safe_write.ts";
 import type { ImageBackbone, TextEncoder, TextTokenizer } from "../clip/backbone.ts";
+import type { Corpus } from "../clip/pairing_corpus.ts";
 import { textTargets } from "./clipit.ts";
 import { ClipItModel } from "./clipit.ts";
 import { type ClipItSettings, type RunControl, trainClipIt } from "./clipit_train.ts";
@@ -36,16 +37,6 @@ import { computeFeatures, type FeatureSplit, trainHead } from "./stage1.ts";
 export const STAGES = ["baseline", "text-baseline", "clipit", "contrastive"] as const;
 /** One of {@link STAGES}. */
 export type Stage = typeof STAGES[number];
-
-/** The report corpus: non-blank reports, their line numbers, and their tokens. */
-export interface Corpus {
-  /** Where it was read from. */
-  path: string;
-  /** The reports (blank lines skipped). */
-  reports: string[];
-  /** 1-based line number of each report in the file. */
-  lines: number[];
-}
 
 /** A split's pairing: for each sample, its paired report (top-1) and the pair's score. */
 export interface SplitPairing {
