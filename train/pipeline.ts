@@ -38,6 +38,13 @@ export const STAGES = ["baseline", "text-baseline", "clipit", "contrastive"] as 
 /** One of {@link STAGES}. */
 export type Stage = typeof STAGES[number];
 
+const STAGE_TITLES: Record<Stage, string> = {
+  baseline: "Unimodal baseline (frozen backbone + linear head)",
+  "text-baseline": "Text-branch baseline (frozen text encoder + MLP head)",
+  clipit: "CLIP-IT",
+  contrastive: "Contrastive fine-tuning + linear probe",
+};
+
 /** A split's pairing: for each sample, its paired report (top-1) and the pair's score. */
 export interface SplitPairing {
   /** Report index per sample (into the corpus' reports). */
@@ -55,14 +62,13 @@ export interface StageInputs {
   corpus?: Corpus;
   /** The pairing per split (text stages; train and val at least). */
   pairing?: Partial<Record<SplitName, SplitPairing>>;
-  /** A fresh image backbone. */
-  backbone: () => Promise<ImageBackbone>;
-  /** A fresh text encoder (text stages). */
-  textEncoder?: () => Promise<TextEncoder>;
+  /**
+   * Fresh models with their weights loaded: the image backbone, the text encoder (text stages)
+   * and the CLIP's log temperature (the contrastive stage starts from it).
+   */
+  load: () => Promise<{ backbone: ImageBackbone; textEncoder?: TextEncoder; logitScale?: number }>;
   /** The text encoder's tokenizer (text stages). */
   tokenizer?: TextTokenizer;
-  /** The CLIP's log temperature (contrastive stage). */
-  logitScale?: number;
   /** A baseline run's `model.safetensors` to start CLIP-IT's `fc` from. */
   initHead?: string;
   /** Where backbone features may be cached across runs (default: the run folder). */
@@ -192,8 +198,10 @@ export async function runStage(
   let result: StageResult;
   const backboneKey = inputs.backboneKey ?? "backbone";
 
+  const models = await inputs.load();
+  const { backbone } = models;
   if (stage === "baseline") {
-    const backbone = await inputs.backbone();
+    models.textEncoder?.dispose();
     const feats = await splitFeatures(
       backbone,
       ds,
@@ -219,7 +227,8 @@ export async function runStage(
     backbone.dispose();
     result = { run, test: r.test, validations: r.validations, steps: r.state.step };
   } else if (stage === "text-baseline") {
-    const text = await need(inputs.textEncoder, "a text encoder", stage)();
+    backbone.dispose();
+    const text = need(models.textEncoder, "a text encoder", stage);
     const ids = tokenizeCorpus(
       need(inputs.corpus, "a corpus", stage),
       need(inputs.tokenizer, "a tokenizer", stage),
@@ -243,8 +252,7 @@ export async function runStage(
     result = { run, test: r.test, validations: r.validations, steps: r.state.step };
   } else if (stage === "clipit") {
     const pairing = need(inputs.pairing, "a pairing", stage);
-    const text = await need(inputs.textEncoder, "a text encoder", stage)();
-    const backbone = await inputs.backbone();
+    const text = need(models.textEncoder, "a text encoder", stage);
     const ids = tokenizeCorpus(
       need(inputs.corpus, "a corpus", stage),
       need(inputs.tokenizer, "a tokenizer", stage),
@@ -273,8 +281,7 @@ export async function runStage(
     result = { run, test: r.test, validations: r.validations, steps: r.state.step };
   } else {
     const pairing = need(inputs.pairing, "a pairing", stage);
-    const text = await need(inputs.textEncoder, "a text encoder", stage)();
-    const backbone = await inputs.backbone();
+    const text = need(models.textEncoder, "a text encoder", stage);
     const ids = tokenizeCorpus(
       need(inputs.corpus, "a corpus", stage),
       need(inputs.tokenizer, "a tokenizer", stage),
@@ -290,7 +297,7 @@ export async function runStage(
         reportIds: ids,
         backbone,
         textEncoder: text,
-        logitScale: inputs.logitScale ?? Math.log(1 / 0.07),
+        logitScale: models.logitScale ?? Math.log(1 / 0.07),
       },
       settings,
       control,
@@ -396,8 +403,12 @@ export async function writeRunReport(
       }
     }
   }
+  const ds = inputs.dataset;
+  const settings = (run.config.settings ?? {}) as { seed?: number };
   const html = renderReport({
-    title: `${stage} run`,
+    title: `${STAGE_TITLES[stage]} on ${ds.kind} (${ds.classes.length} classes), seed ${
+      settings.seed ?? 0
+    }`,
     subtitle: `${run.dir}, ${new Date().toISOString()}`,
     config: run.config,
     metrics: metrics as never,
