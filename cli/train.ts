@@ -26,7 +26,7 @@ import { pairingSplit } from "../train/data/pairing_source.ts";
 import type { ClipItSettings } from "../train/clipit_train.ts";
 import { NonFiniteLossError, TrainingInterrupted } from "../train/loop.ts";
 import { formatReportTable } from "../train/metrics_table.ts";
-import { runStage, type SplitPairing, type Stage, STAGES } from "../train/pipeline.ts";
+import { runStage, type SplitPairing, STAGES } from "../train/pipeline.ts";
 import { environmentInfo, RUN_FILES, RunDir } from "../train/run.ts";
 import {
   choiceOption,
