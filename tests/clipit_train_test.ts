@@ -15,6 +15,10 @@ import { RUN_FILES, RunDir } from "../train/run.ts";
 import { type ClipItSettings, clipItTrainables, trainClipIt } from "../train/clipit_train.ts";
 import { NonFiniteLossError, TrainingInterrupted } from "../train/loop.ts";
 import { Rng } from "../nn/rng.ts";
+import { loraAdapters } from "../nn/lora.ts";
+import { DataLoader } from "../train/data/loader.ts";
+import { predictBatches } from "../train/evaluate.ts";
+import { loadInferenceModel, saveInferenceModel } from "../train/models.ts";
 import { gpuTest } from "./util.ts";
 
 const FIX = fileURLToPath(new URL("./fixtures/", import.meta.url));
@@ -206,3 +210,54 @@ gpuTest("clipit train: a pairing of the wrong length or range is refused", async
     await Deno.remove(tmp, { recursive: true });
   }
 });
+
+gpuTest(
+  "clipit: the exported model (LoRA merged) predicts what the trained one did (1e-5)",
+  async () => {
+    const tmp = await Deno.makeTempDir();
+    try {
+      const { inputs, clip } = await setup(await tinyFolderDataset(join(tmp, "data")));
+      const run = await RunDir.create(join(tmp, "run"), {});
+      const r = await trainClipIt(run, inputs, { ...SETTINGS, epochs: 1 });
+      const probsOf = async (model: typeof r.model) => {
+        model.eval();
+        const loader = new DataLoader(inputs.test, {
+          batchSize: 4,
+          size: 32,
+          mean: model.backbone.mean,
+          std: model.backbone.std,
+          shuffle: false,
+          workers: 0,
+        });
+        try {
+          return (await predictBatches(loader.batches(0), (x) => ({
+            logits: model.forward(x).logits,
+          }), 3)).probs;
+        } finally {
+          await loader.close();
+        }
+      };
+      assert.ok(loraAdapters(r.model.backbone).size > 0, "trained with adapters");
+      const before = await probsOf(r.model);
+      const path = join(tmp, "model.safetensors");
+      await saveInferenceModel(r.model, path, { classes: inputs.classes, stage: "clipit" });
+      assert.equal(loraAdapters(r.model.backbone).size, 0, "merged");
+      const { model, meta } = await loadInferenceModel(path);
+      assert.deepEqual(meta.classes, inputs.classes);
+      const after = await probsOf(model);
+      let worst = 0;
+      for (let i = 0; i < before.length; i++) {
+        worst = Math.max(
+          worst,
+          Math.abs(before[i] - after[i]),
+        );
+      }
+      assert.ok(worst <= 1e-5, `merged predictions differ by ${worst}`);
+      model.dispose();
+      r.model.dispose();
+      clip.dispose();
+    } finally {
+      await Deno.remove(tmp, { recursive: true });
+    }
+  },
+);
