@@ -13,7 +13,8 @@ export class Progress {
   /** A bar labelled `label`; `quiet` makes every update a no-op. */
   constructor(
     readonly label: string,
-    readonly total: number,
+    /** Items in all (may be set later, when it becomes known). */
+    public total: number,
     readonly unit: string,
     readonly quiet: boolean,
   ) {}
