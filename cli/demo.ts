@@ -30,8 +30,8 @@ import { preprocessImage } from "../clip/preprocess.ts";
 import { WordTokenizer } from "../clip/word_tokenizer.ts";
 import { openDataset } from "../train/data/datasets.ts";
 import { loaderImageSource, pairingDataset } from "../train/data/pairing_source.ts";
-import { World, WORLD_CLASSES, type WorldOptions, writeWorld } from "../train/data/world.ts";
-import { classOf } from "../train/data/world_factors.ts";
+import { World, type WorldOptions, writeWorld } from "../train/data/world.ts";
+import { classOf, WORLD_CLASSES } from "../train/data/world_factors.ts";
 import { aggregateRuns, type ClassificationReport } from "../train/metrics.ts";
 import { formatComparisonTable } from "../train/metrics_table.ts";
 import { runStage, type SplitPairing, type StageInputs } from "../train/pipeline.ts";
@@ -226,7 +226,7 @@ export async function demoCommand(args: string[]): Promise<number> {
           weightsSha256: null,
           config: JSON.stringify(clip.config),
           tokenizer: join(clipDir, "tokenizer.json"),
-          tokenizerSha256: null,
+          tokenizerSha256: sha256Hex(JSON.stringify(tok.toJSON())),
         },
       },
       corpus,
@@ -243,6 +243,7 @@ export async function demoCommand(args: string[]): Promise<number> {
         out: pairDir,
         k: 5,
         onProgress: (p) => {
+          if (p.stage === "match" || p.stage === "write") return;
           pbar.total = p.total;
           pbar.update(p.done);
         },

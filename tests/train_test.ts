@@ -5,13 +5,15 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./util.ts";
 import { backward } from "../nn/autograd.ts";
-import { MLP } from "../nn/layers.ts";
+import { Embedding, LayerNorm, Linear, MLP, TransformerBlock } from "../nn/layers.ts";
+import { Module } from "../nn/module.ts";
+import { add, mean } from "../nn/ops/index.ts";
 import { crossEntropy } from "../nn/ops/nn.ts";
 import { Adam, AdamW, clipGradNorm, cosineSchedule, type Optimizer } from "../nn/optim.ts";
-import { Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
+import { randn, Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
 
 /** Token embedding + learned positions -> one pre-norm block -> LayerNorm -> mean -> Linear. */
-export class TinyTransformer extends Module {
+class TinyTransformer extends Module {
   tok: Embedding;
   pos: Tensor;
   block: TransformerBlock;

@@ -10,8 +10,8 @@ import { join } from "node:path";
 import { builtinConfig } from "../clip/config.ts";
 import { eotPositions } from "../clip/tokenizer.ts";
 import { WordTokenizer } from "../clip/word_tokenizer.ts";
-import { getSplit, openDataset, parseCsv } from "../train/datasets.ts";
-import { readImage } from "../train/decode.ts";
+import { getSplit, openDataset, parseCsv } from "../train/data/datasets.ts";
+import { readImage } from "../nn/formats/image.ts";
 import {
   type RgbImage,
   World,

@@ -21,7 +21,7 @@ import { seedOf } from "./data/split.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import type { ImageBackbone, TextEncoder } from "../clip/backbone.ts";
 import { DEFAULT_LORA_TARGETS, type LoraRole, loraTargetFilter } from "../clip/lora_targets.ts";
-import { clipItLoss, ClipItModel, textTargets } from "./clipit.ts";
+import { clipItLoss, ClipItModel, distillLoss, textTargets } from "./clipit.ts";
 import { loadTrainState, saveTrainState, type TrainStateMeta } from "./checkpoint.ts";
 import { DataLoader } from "./data/loader.ts";
 import type { Split } from "./data/datasets.ts";
@@ -289,6 +289,8 @@ export async function trainClipIt(
     augment: settings.augment ?? false,
   });
   const evalLoader = (split: Split) => new DataLoader(split, { ...loaderOpts, shuffle: false });
+  // One validation loader for the whole run: its decoding workers start once.
+  const valLoader = evalLoader(data.val);
   const epochs = settings.epochs ?? 10;
   const stepsPerEpoch = trainLoader.numBatches;
 
@@ -296,24 +298,16 @@ export async function trainClipIt(
   const validate = async () => {
     model.eval();
     text.eval();
-    const loader = evalLoader(data.val);
     let distillSum = 0;
     try {
       const p = await predictBatches(
-        loader.batches(0),
+        valLoader.batches(0),
         (images, indices) => {
           const out = model.forward(images);
           if (data.valReports) {
             const t = targetsFor(Array.from(indices, (i) => data.valReports![i]));
-            const d = clipItLoss(
-              out.logits,
-              tensor(new Int32Array(indices.length)),
-              out.tHat!,
-              t,
-              0,
-            );
             // Read with the logits' readback: the batch's summed distillation.
-            return { logits: out.logits, extra: scale(d.distill, indices.length) };
+            return { logits: out.logits, extra: scale(distillLoss(out.tHat!, t), indices.length) };
           }
           return { logits: out.logits };
         },
@@ -333,7 +327,6 @@ export async function trainClipIt(
         balanced_accuracy: r.balanced_accuracy,
       };
     } finally {
-      await loader.close();
       model.train();
       text.train();
     }
@@ -394,6 +387,7 @@ export async function trainClipIt(
     });
   } finally {
     await trainLoader.close();
+    await valLoader.close();
     frozenTable?.dispose();
   }
 
