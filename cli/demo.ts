@@ -300,18 +300,33 @@ export async function demoCommand(args: string[]): Promise<number> {
         note: "synthetic demo world",
       });
       const bar = new Progress(`${stage} seed ${seed}`, 1, "steps", quiet);
-      const r = await runStage(run, stage, {
-        ...inputs,
-        initHead: stage === "clipit"
-          ? join(runsDir, `baseline-s${seed}`, RUN_FILES.model)
-          : undefined,
-      }, settings, {
-        onProgress: (p) => {
-          bar.total = p.totalSteps;
-          if (p.phase === "train") bar.update(p.step);
+      const r = await runStage(
+        run,
+        stage,
+        {
+          ...inputs,
+          initHead: stage === "clipit"
+            ? join(runsDir, `baseline-s${seed}`, RUN_FILES.model)
+            : undefined,
         },
-      });
+        settings,
+        {
+          onProgress: (p) => {
+            bar.total = p.totalSteps;
+            if (p.phase === "train") bar.update(p.step);
+          },
+        },
+      );
       results[stage].push(r.test!);
+      const t = r.seconds;
+      say(
+        quiet,
+        `demo: ${stage} seed ${seed}: ${r.steps} steps; balanced accuracy ` +
+          `${(100 * r.test!.balanced_accuracy).toFixed(1)}%; time: steps ${
+            t.train.toFixed(1)
+          } s, ` +
+          `validation ${t.validate.toFixed(1)} s, checkpoints ${t.checkpoint.toFixed(1)} s`,
+      );
     }
   }
 

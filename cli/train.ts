@@ -75,7 +75,7 @@ Optimisation:
   --epochs N (10)  --batch N (64)  --lr X (1e-3)  --weight-decay X (1e-4)
   --optimizer adam|adamw (adam: coupled decay, as the authors)  --clip-grad X (0.5; 0 = off)
   --schedule none|cosine (none)  --warmup N (0)  --lr-min X (1e-4)
-  --val-every N (0: epoch ends)  --early-stop N (0: off)  --best val_loss|balanced_accuracy
+  --val-every N (0: each epoch end)  --early-stop N (0: off)  --best val_loss|balanced_accuracy
   --seed N (0)  --augment  --workers N  --log-every N (10)
 Runs:
   --out RUN             a new run folder

@@ -63,7 +63,7 @@ export interface OptimSettings {
   warmupSteps?: number;
   /** Final learning rate of the cosine schedule (default 1e-4). */
   lrMin?: number;
-  /** Validate every this many steps as well as at each epoch's end (default 0). */
+  /** Validate every this many steps and after the last (default 0: at the end of each epoch). */
   valEvery?: number;
   /** Stop after this many validations without improvement (default 0: off). */
   earlyStop?: number;

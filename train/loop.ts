@@ -59,7 +59,10 @@ export interface LoopHooks<B extends { end: number }> {
 export interface LoopOptions {
   /** Epochs to train (>= 1). */
   epochs: number;
-  /** Validate every this many steps as well as at the end of each epoch (0: epoch ends only). */
+  /**
+   * Validate every this many steps (and after the last one); 0 (default): at the end of every
+   * epoch. Each validation writes the resumable checkpoint, and the best one when it improves.
+   */
   valEvery?: number;
   /** Read back and log the losses every this many steps (default 10). */
   logEvery?: number;
@@ -117,6 +120,8 @@ export interface LoopResult {
   stoppedEarly: boolean;
   /** Every validation, in order. */
   validations: (ValResult & { step: number })[];
+  /** Wall-clock seconds spent in training steps (GPU included), validation and checkpoints. */
+  seconds: { train: number; validate: number; checkpoint: number };
 }
 
 /** A NaN or infinite loss: the run stopped at `step`; the last checkpoint predates it. */
@@ -168,6 +173,16 @@ export async function trainLoop<B extends { end: number }>(
   let lastLoss = NaN, imagesPerSecond = 0;
 
   const meta = (): TrainStateMeta => ({ ...state, best: state.best });
+  const seconds = { train: 0, validate: 0, checkpoint: 0 };
+  const timed = async <T>(what: keyof typeof seconds, f: () => Promise<T>): Promise<T> => {
+    const t0 = performance.now();
+    try {
+      return await f();
+    } finally {
+      seconds[what] += (performance.now() - t0) / 1000;
+    }
+  };
+  const save = (path: string) => timed("checkpoint", () => hooks.save(path, meta()));
 
   /** Read the pending losses (one wait), log them, throw on a non-finite one. */
   const drain = async () => {
@@ -202,8 +217,8 @@ export async function trainLoop<B extends { end: number }>(
 
   /** Validate (during `epoch`), keep the best checkpoint, write the last one; true = stop. */
   const validate = async (epoch: number): Promise<boolean> => {
-    await drain();
-    const v = await hooks.validate(state.step);
+    await timed("train", drain);
+    const v = await timed("validate", () => hooks.validate(state.step));
     validations.push({ ...v, step: state.step });
     await run.log({ type: "val", step: state.step, epoch, ...v });
     const value = bestBy === "val_loss" ? v.loss : v.balanced_accuracy;
@@ -212,9 +227,9 @@ export async function trainLoop<B extends { end: number }>(
     if (better && Number.isFinite(value)) {
       state.best = { value, step: state.step };
       state.stale = 0;
-      await hooks.save(run.path(RUN_FILES.best), meta());
+      await save(run.path(RUN_FILES.best));
     } else state.stale++;
-    await hooks.save(run.path(RUN_FILES.last), meta());
+    await save(run.path(RUN_FILES.last));
     opts.onProgress?.({
       phase: "val",
       step: state.step,
@@ -239,16 +254,18 @@ export async function trainLoop<B extends { end: number }>(
         }
         const lr = opts.lr(state.step);
         let out: StepOutput;
+        const t0 = performance.now();
         try {
           out = hooks.step(batch, state.step, lr);
         } finally {
           hooks.release(batch);
         }
+        seconds.train += (performance.now() - t0) / 1000;
         pending.push({ step: state.step, epoch, lr, scalars: out.scalars });
         windowImages += out.size;
         state.step++;
         state.position = batch.end;
-        if (pending.length >= logEvery) await drain();
+        if (pending.length >= logEvery) await timed("train", drain);
         opts.onProgress?.({
           phase: "train",
           step: state.step,
@@ -257,30 +274,40 @@ export async function trainLoop<B extends { end: number }>(
           loss: lastLoss,
           imagesPerSecond,
         });
-        const midEpoch = state.position < hooks.epochLength;
-        if (valEvery > 0 && state.step % valEvery === 0 && midEpoch && await validate(epoch)) {
+        const epochEnd = state.position >= hooks.epochLength;
+        if (epochEnd) {
+          // Checkpoints written from here on resume at the next epoch.
+          state.epoch++;
+          state.position = 0;
+        }
+        const last = state.epoch >= opts.epochs;
+        const due = valEvery > 0 ? state.step % valEvery === 0 || last : epochEnd;
+        if (due && await validate(epoch)) {
           stoppedEarly = true;
           break outer;
         }
       }
       if (interrupted()) break;
-      // The epoch is done: checkpoints written from here on resume at the next one.
-      state.epoch++;
-      state.position = 0;
-      if (await validate(epoch)) {
-        stoppedEarly = true;
-        break;
+      if (state.epoch === epoch) {
+        // An epoch that ended without a batch reaching its end (bad images skipped at the end).
+        state.epoch++;
+        state.position = 0;
+        const last = state.epoch >= opts.epochs;
+        if ((valEvery === 0 || last) && await validate(epoch)) {
+          stoppedEarly = true;
+          break;
+        }
       }
     }
     if (interrupted()) {
       await drain();
       const path = run.path(RUN_FILES.last);
-      await hooks.save(path, meta());
+      await save(path);
       throw new TrainingInterrupted(state.step, path);
     }
-    await drain();
+    await timed("train", drain);
   } finally {
     for (const p of pending) for (const t of Object.values(p.scalars)) t.dispose();
   }
-  return { state, stoppedEarly, validations };
+  return { state, stoppedEarly, validations, seconds };
 }

@@ -87,6 +87,8 @@ export interface StageResult {
   validations: { step: number; loss: number; balanced_accuracy: number }[];
   /** Steps taken. */
   steps: number;
+  /** Where the training loop's time went (seconds). */
+  seconds: { train: number; validate: number; checkpoint: number };
 }
 
 function split(ds: Dataset, name: SplitName): Split | undefined {
@@ -225,7 +227,13 @@ export async function runStage(
     await saveBaselineModel(backbone, r.head, ds.classes, run.path(RUN_FILES.model), stage);
     r.head.dispose();
     backbone.dispose();
-    result = { run, test: r.test, validations: r.validations, steps: r.state.step };
+    result = {
+      run,
+      test: r.test,
+      validations: r.validations,
+      steps: r.state.step,
+      seconds: r.seconds,
+    };
   } else if (stage === "text-baseline") {
     backbone.dispose();
     const text = need(models.textEncoder, "a text encoder", stage);
@@ -249,7 +257,13 @@ export async function runStage(
     );
     r.head.dispose();
     text.dispose();
-    result = { run, test: r.test, validations: r.validations, steps: r.state.step };
+    result = {
+      run,
+      test: r.test,
+      validations: r.validations,
+      steps: r.state.step,
+      seconds: r.seconds,
+    };
   } else if (stage === "clipit") {
     const pairing = need(inputs.pairing, "a pairing", stage);
     const text = need(models.textEncoder, "a text encoder", stage);
@@ -278,7 +292,13 @@ export async function runStage(
     await saveInferenceModel(r.model, run.path(RUN_FILES.model), { classes: ds.classes, stage });
     r.model.dispose();
     text.dispose();
-    result = { run, test: r.test, validations: r.validations, steps: r.state.step };
+    result = {
+      run,
+      test: r.test,
+      validations: r.validations,
+      steps: r.state.step,
+      seconds: r.seconds,
+    };
   } else {
     const pairing = need(inputs.pairing, "a pairing", stage);
     const text = need(models.textEncoder, "a text encoder", stage);
@@ -336,6 +356,7 @@ export async function runStage(
       test: h.test,
       validations: r.validations.map((v) => ({ ...v })),
       steps: r.state.step,
+      seconds: r.seconds,
     };
   }
   if (result.test) {
