@@ -35,7 +35,7 @@ const EOSIN = [0.09, 0.92, 0.33];
 const BLOOD = [0.12, 0.95, 0.8];
 
 /** Scattered nuclei per 32x32 tile of stroma, by cellularity level. */
-const CELLULARITY_COUNT = [8, 18, 34];
+const CELLULARITY_COUNT = [5, 14, 40];
 /** Stain concentration ranges by staining level (pale, medium, dark). */
 const STAIN_RANGE = [[0.55, 0.78], [0.82, 1.05], [1.12, 1.45]];
 
@@ -113,7 +113,7 @@ function valueNoise(size: number, cells: number, rng: WorldRng): Float32Array {
 
 /**
  * Pink stroma: wavy collagen fibres along a random direction, bent by a smooth random field so
- * they do not look like a printed pattern, patchy density and white clefts (tearing, oedema).
+ * they do not look like a printed pattern, patchy density and pale clefts (tearing, oedema).
  */
 function drawStroma(c: Canvas, rng: WorldRng): void {
   const { size, unit } = c;
@@ -127,7 +127,8 @@ function drawStroma(c: Canvas, rng: WorldRng): void {
   const warp = valueNoise(size, rng.int(2) + 2, rng);
   const patches = valueNoise(size, rng.int(3) + 2, rng);
   const clefts = valueNoise(size, rng.int(3) + 3, rng);
-  const cleftLevel = rng.chance(0.5) ? rng.uniform(0.05, 0.3) : 0;
+  const cleftLevel = rng.chance(0.35) ? rng.uniform(0.05, 0.25) : 0;
+  const cleftDepth = rng.uniform(0.5, 0.75); // clefts are paler stroma; only lumens are white
   for (let y = 0; y < size; y++) {
     for (let x = 0; x < size; x++) {
       const i = y * size + x;
@@ -135,7 +136,7 @@ function drawStroma(c: Canvas, rng: WorldRng): void {
       const strand = Math.pow(0.5 + 0.5 * Math.sin((2 * Math.PI * v) / period), sharp);
       const cleft = smoothstep(cleftLevel - 0.06, cleftLevel + 0.06, clefts[i]);
       c.e[i] = base * (0.55 + 0.7 * patches[i]) * (1 - fibre + 2 * fibre * strand) *
-        (0.08 + 0.92 * cleft);
+        (1 - cleftDepth + cleftDepth * cleft);
       c.h[i] = 0.03 * cleft; // haematoxylin's faint background in the ground substance
     }
   }
@@ -179,11 +180,11 @@ function drawGlands(c: Canvas, f: Factors, rng: WorldRng): void {
   const two = rng.chance(0.35);
   const glands: Gland[] = [];
   for (let k = 0; k < (two ? 2 : 1); k++) {
-    const radius = (two ? rng.uniform(3.6, 5) : rng.uniform(4.8, 7.2)) * unit;
+    const radius = (two ? rng.uniform(4, 5.5) : rng.uniform(5.5, 8)) * unit;
     const amp = irregular
       ? [
-        rng.uniform(0.12, 0.3),
-        rng.uniform(0.08, 0.22),
+        rng.uniform(0.18, 0.32),
+        rng.uniform(0.12, 0.25),
         rng.uniform(0.05, 0.16),
         rng.uniform(0, 0.1),
       ]
@@ -280,7 +281,7 @@ function makeNucleus(c: Canvas, f: Factors, rng: WorldRng, x: number, y: number)
   const atypical = f.nuclei === 1;
   const r = atypical
     ? Math.min(2.4, Math.max(1.2, 1.6 * Math.exp(0.2 * rng.normal()))) * c.unit
-    : rng.uniform(0.85, 1.12) * c.unit;
+    : rng.uniform(0.95, 1.2) * c.unit;
   return {
     x,
     y,
@@ -361,39 +362,36 @@ function drawScatteredNuclei(c: Canvas, f: Factors, rng: WorldRng): void {
   }
 }
 
+/** A random point of the stroma (outside glands; anywhere after 20 misses, e.g. a full tile). */
+function stromaPoint(c: Canvas, rng: WorldRng): [number, number] {
+  let x = 0, y = 0;
+  for (let tries = 0; tries < 20; tries++) {
+    x = rng.uniform(0, c.size);
+    y = rng.uniform(0, c.size);
+    if (c.gland[Math.floor(y) * c.size + Math.floor(x)] < 0.1) break;
+  }
+  return [x, y];
+}
+
 /** Cells every tissue has whatever its class: spindle fibroblasts, lymphocytes, red cells. */
 function drawDistractors(c: Canvas, rng: WorldRng): void {
   const { size, unit } = c;
   const area = (size * size) / (32 * 32);
+  const plain = { wave2: 0, wave3: 0, phase: 0 };
   for (let k = Math.round(rng.int(4) * area); k > 0; k--) {
-    stampNucleus(c, {
-      x: rng.uniform(0, size),
-      y: rng.uniform(0, size),
-      r: rng.uniform(0.75, 0.95) * unit,
-      elong: rng.uniform(4, 7),
-      angle: rng.uniform(0, Math.PI),
-      wave2: 0,
-      wave3: 0,
-      phase: 0,
-      dark: rng.uniform(0.7, 0.95),
-    });
+    const [x, y] = stromaPoint(c, rng);
+    const r = rng.uniform(0.75, 0.95) * unit, elong = rng.uniform(4, 7);
+    const angle = rng.uniform(0, Math.PI), dark = rng.uniform(0.7, 0.95);
+    stampNucleus(c, { x, y, r, elong, angle, dark, ...plain });
   }
   for (let k = Math.round(rng.int(4) * area); k > 0; k--) {
-    stampNucleus(c, {
-      x: rng.uniform(0, size),
-      y: rng.uniform(0, size),
-      r: rng.uniform(0.7, 0.9) * unit,
-      elong: 1,
-      angle: 0,
-      wave2: 0,
-      wave3: 0,
-      phase: 0,
-      dark: rng.uniform(1.2, 1.5),
-    });
+    const [x, y] = stromaPoint(c, rng);
+    const r = rng.uniform(0.7, 0.9) * unit, dark = rng.uniform(1.2, 1.5);
+    stampNucleus(c, { x, y, r, elong: 1, angle: 0, dark, ...plain });
   }
   const cells = rng.chance(0.4) ? Math.round((rng.int(5) + 1) * area) : 0;
   for (let k = 0; k < cells; k++) {
-    const x = rng.uniform(0, size), y = rng.uniform(0, size), r = rng.uniform(0.9, 1.2) * unit;
+    const [x, y] = stromaPoint(c, rng), r = rng.uniform(0.9, 1.2) * unit;
     for (let py = Math.max(0, Math.floor(y - r - 1)); py <= Math.min(size - 1, y + r + 1); py++) {
       for (let px = Math.max(0, Math.floor(x - r - 1)); px <= Math.min(size - 1, x + r + 1); px++) {
         const cover = clamp01(r - Math.hypot(px + 0.5 - x, py + 0.5 - y) + 0.5);

@@ -28,7 +28,8 @@ export const WORLD_FACTORS: readonly FactorDef[] = [
     name: "cellularity",
     levels: ["sparse", "moderate", "dense"],
     classFactor: true,
-    looks: "number of nuclei scattered outside the glands (about 8 / 18 / 34 per 32x32 tile)",
+    looks:
+      "number of nuclei scattered outside the glands (about 5 / 14 / 40 per 32x32 tile of stroma)",
   },
   {
     name: "nuclei",
