@@ -36,7 +36,30 @@ export {
   type TorchCheckpointOptions,
   type TorchDtype,
 } from "./nn/formats/torch.ts";
-export { type DecodedImage, decodeImage, ImageDecodeError, readImage } from "./nn/formats/image.ts";
+export {
+  type DecodedImage,
+  decodeImage,
+  GRAY16_NOTE,
+  ImageDecodeError,
+  type ImageHeader,
+  probeImage,
+  readImage,
+} from "./nn/formats/image.ts";
+export {
+  checkOutputPath,
+  type InputRef,
+  type OutputData,
+  type OutputOptions,
+  writeFileAtomic,
+} from "./nn/formats/safe_write.ts";
+export { checkInputFile, type InputOptions } from "./nn/formats/input_file.ts";
+export {
+  decodeTextLines,
+  MAX_TEXT_BYTES,
+  readTextLines,
+  type TextLines,
+  type TextOptions,
+} from "./nn/formats/text.ts";
 
 // ---- kernels: the device and the runtime ----------------------------------------------------
 export {
@@ -168,9 +191,13 @@ export {
   IMAGENET_STD,
   OPENAI_CLIP_MEAN,
   OPENAI_CLIP_STD,
+  type PixelBox,
   preprocessImage,
   type PreprocessOptions,
+  resizeBicubic,
+  resizeBicubicWindow,
   resizeShortSideBicubic,
+  resizeShortSideCenterCrop,
   toNormalizedCHW,
 } from "./clip/preprocess.ts";
 export {

@@ -5,7 +5,7 @@
  * in-thread fallback both run exactly this code.
  */
 import type { DecodedImage } from "../../nn/formats/image.ts";
-import { centerCrop, resizeShortSideBicubic, toNormalizedCHW } from "../../clip/preprocess.ts";
+import { resizeShortSideCenterCrop, toNormalizedCHW } from "../../clip/preprocess.ts";
 import { ImageDecodeError, readImage } from "../../nn/formats/image.ts";
 import type { SampleSource } from "./datasets.ts";
 import { sampleId } from "./datasets.ts";
@@ -40,7 +40,7 @@ export function prepareImage(
   epoch: number,
   index: number,
 ): Float32Array {
-  let x = centerCrop(resizeShortSideBicubic(img, cfg.size), cfg.size);
+  let x = resizeShortSideCenterCrop(img, cfg.size);
   if (cfg.augment) {
     x = applyAugment(x, augmentParams(cfg.augment, sampleSeed(cfg.seed, epoch, index)));
   }
