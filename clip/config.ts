@@ -6,6 +6,7 @@
  * `CLIPModel`, or this project's own form (what {@link configToJson} writes).
  */
 import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "./preprocess.ts";
+import { checkInputFile } from "../nn/formats/input_file.ts";
 
 /** The MLP nonlinearity: exact (erf) GELU, or OpenAI's QuickGELU `x * sigmoid(1.702 x)`. */
 export type ClipActivation = "gelu" | "quick_gelu";
@@ -383,8 +384,9 @@ export function validateConfig(c: ClipConfig): void {
   // Degenerate models: they build and run, but their outputs carry no information.
   if (c.text.contextLength < 3) {
     throw new Error(
-      `${c.name}: text.contextLength ${c.text.contextLength} leaves no room for a single token ` +
-        `between the start and end tokens: every text would embed the same (CLIP uses 77)`,
+      `${c.name}: text.contextLength (context_length) ${c.text.contextLength} leaves no room ` +
+        `for a single token between the start and end tokens: every text would embed the same ` +
+        `(CLIP uses 77)`,
     );
   }
   if (c.embedDim < 2) {
@@ -419,6 +421,7 @@ export function configToJson(c: ClipConfig): string {
 export async function loadConfigFile(path: string): Promise<ClipConfig> {
   let text: string;
   try {
+    await checkInputFile(path); // a FIFO named *.json would block the read forever
     text = await Deno.readTextFile(path);
   } catch (e) {
     throw new Error(`cannot read CLIP config ${path}: ${(e as Error).message}`);

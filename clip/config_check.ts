@@ -20,6 +20,14 @@ export interface MemoryLimits {
   totalBytes?: number;
 }
 
+/** Which towers will run (both by default): a tower that never runs needs no kernel bindings. */
+export interface Towers {
+  /** The image tower runs (default true). */
+  image?: boolean;
+  /** The text tower runs (default true). */
+  text?: boolean;
+}
+
 /** One contribution to the estimate, named by the config field that drives it. */
 export interface MemoryTerm {
   /** The config field (e.g. `vision.layers`, `text.vocabSize`). */
@@ -66,22 +74,29 @@ function tokens(v: VisionConfig): number {
 
 /**
  * Estimate the memory a model of `c` needs: its parameters (by field), the largest single tensor
- * and the activations of one batch of `batch` images or texts (float32 throughout).
+ * and the activations of one batch of `batch` images or texts (float32 throughout), counting
+ * for the largest tensor and the activations only the towers in `towers` (default both).
  */
-export function estimateClipMemory(c: ClipConfig, batch = 1): ClipMemoryEstimate {
+export function estimateClipMemory(
+  c: ClipConfig,
+  batch = 1,
+  towers: Towers = {},
+): ClipMemoryEstimate {
   const v = c.vision, t: TextConfig = c.text, E = c.embedDim;
   const T = tokens(v), L = t.contextLength;
   const p = v.patchSize;
   const terms: MemoryTerm[] = [
     {
-      field: "vision.layers",
+      field: v.layers > 48 ? "vision.layers" : "vision.width",
       bytes: F32 * v.layers * blockParams(v.width, v.mlpWidth),
-      what: `${v.layers} image blocks of ${blockParams(v.width, v.mlpWidth)} parameters`,
+      what: `vision.layers ${v.layers} blocks of vision.width ${v.width} and vision.mlpWidth ` +
+        `${v.mlpWidth}, ${blockParams(v.width, v.mlpWidth)} parameters each`,
     },
     {
-      field: "text.layers",
+      field: t.layers > 48 ? "text.layers" : "text.width",
       bytes: F32 * t.layers * blockParams(t.width, t.mlpWidth),
-      what: `${t.layers} text blocks of ${blockParams(t.width, t.mlpWidth)} parameters`,
+      what: `text.layers ${t.layers} blocks of text.width ${t.width} and text.mlpWidth ` +
+        `${t.mlpWidth}, ${blockParams(t.width, t.mlpWidth)} parameters each`,
     },
     {
       field: "text.vocabSize",
@@ -155,8 +170,16 @@ export function estimateClipMemory(c: ClipConfig, batch = 1): ClipMemoryEstimate
       what: `the text MLP activations of a batch of ${batch} [${batch}, ${L}, ${t.mlpWidth}]`,
     },
   ];
-  const largestTensor = candidates.reduce((a, b) => (b.bytes > a.bytes ? b : a));
-  const activationBytes = 8 * Math.max(...candidates.slice(5).map((x) => x.bytes));
+  const used = candidates.filter((x) =>
+    x.field.startsWith("vision.") ? towers.image ?? true : towers.text ?? true
+  );
+  const largestTensor = used.reduce((a, b) => (b.bytes > a.bytes ? b : a), {
+    field: "embedDim",
+    bytes: 0,
+    what: "nothing",
+  });
+  const activations = used.filter((x) => x.what.includes("of a batch"));
+  const activationBytes = 8 * Math.max(0, ...activations.map((x) => x.bytes));
   return {
     parameters: parameterBytes / F32,
     parameterBytes,
@@ -176,17 +199,18 @@ export function hostMemoryBytes(): number | undefined {
 }
 
 /**
- * Refuse a config whose model cannot fit (see the module comment): a single tensor larger than
- * the adapter's buffer limits, or weights plus one batch's activations larger than
- * `limits.totalBytes` (default: the host's memory). Returns the estimate.
+ * Refuse a config whose model cannot fit (see the module comment): a single tensor of a tower
+ * that runs (`towers`) larger than the adapter's buffer limits, or weights plus one batch's
+ * activations larger than `limits.totalBytes` (default: the host's memory). Returns the estimate.
  * @throws Error naming the config and the field responsible.
  */
 export function checkClipConfigFits(
   c: ClipConfig,
   limits: MemoryLimits = {},
   batch = 1,
+  towers: Towers = {},
 ): ClipMemoryEstimate {
-  const est = estimateClipMemory(c, batch);
+  const est = estimateClipMemory(c, batch, towers);
   const bufferLimit = Math.min(
     limits.maxBufferSize ?? Infinity,
     limits.maxStorageBufferBindingSize ?? Infinity,

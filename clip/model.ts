@@ -42,13 +42,15 @@ export class ClipModel extends Module implements LoraHost {
 
   /**
    * A randomly initialised model of `config`, validated first and checked against the adapter's
-   * buffer limits and the host's memory ({@link checkClipConfigFits}) before anything is
+   * largest buffer and the host's memory ({@link checkClipConfigFits}) before anything is
    * allocated. Needs `init()`.
    */
   constructor(config: ClipConfig, opts: ClipModelOptions = {}) {
     super();
     validateConfig(config);
-    checkClipConfigFits(config, gpu().adapter.limits);
+    // Allocation limits only: a tensor above the binding limit can exist, it just cannot run
+    // (callers that know which tower runs check that: cli/embed.ts).
+    checkClipConfigFits(config, { maxBufferSize: gpu().adapter.limits.maxBufferSize });
     this.config = structuredClone(config);
     const rng = new Rng(opts.seed ?? 0);
     const eps = config.layerNormEps;
