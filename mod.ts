@@ -42,6 +42,7 @@ export {
   GRAY16_NOTE,
   ImageDecodeError,
   type ImageHeader,
+  type ProbedFormat,
   probeImage,
   readImage,
 } from "./nn/formats/image.ts";
@@ -117,6 +118,15 @@ export {
   type TextConfig,
   type VisionConfig,
 } from "./clip/config.ts";
+export {
+  checkClipConfigFits,
+  type ClipMemoryEstimate,
+  estimateClipMemory,
+  hostMemoryBytes,
+  type MemoryLimits,
+  type MemoryTerm,
+  type Towers,
+} from "./clip/config_check.ts";
 export { ClipModel, type ClipModelOptions } from "./clip/model.ts";
 export {
   PatchEmbedding,
@@ -231,4 +241,9 @@ export {
   type OnBadImage,
 } from "./train/data/loader.ts";
 export type { AugmentOptions } from "./train/data/augment.ts";
-export { listImages, type ListImagesOptions } from "./train/data/files.ts";
+export {
+  type ListDuplicate,
+  listImages,
+  type ListImagesOptions,
+  type ListProblem,
+} from "./train/data/files.ts";

@@ -30,7 +30,7 @@ import { checkOutputPath, type InputRef } from "../nn/formats/safe_write.ts";
 import { readTextLines, type TextLines } from "../nn/formats/text.ts";
 import { ImageDecodeError, probeImage } from "../nn/formats/image.ts";
 import { type ClipConfig, resolveArch } from "../clip/config.ts";
-import { checkClipConfigFits } from "../clip/config_check.ts";
+import { checkClipConfigFits, type MemoryLimits } from "../clip/config_check.ts";
 import { embedImageBatches, embedTexts, type ImageBatch } from "../clip/embed.ts";
 import { CHECKPOINT_FILE_NAMES, checkpointConfig, loadClipCheckpoint } from "../clip/load.ts";
 import { ClipModel } from "../clip/model.ts";
@@ -194,6 +194,18 @@ async function* imageBatches(
   }
 }
 
+/** The config against `limits`: image batches of `batch`, text batches of `4 * batch`. */
+function fitsHere(
+  config: ClipConfig,
+  limits: MemoryLimits,
+  batch: number,
+  images: boolean,
+  texts: boolean,
+): void {
+  if (images) checkClipConfigFits(config, limits, batch, { image: true, text: false });
+  if (texts) checkClipConfigFits(config, limits, 4 * batch, { image: false, text: true });
+}
+
 /** `out` with `.partial` before its `.safetensors` extension (or at the end). */
 export function partialPath(out: string): string {
   return out.endsWith(".safetensors")
@@ -327,7 +339,7 @@ export async function embedCommand(args: string[]): Promise<number> {
   const config: ClipConfig = random
     ? await resolveArch(values.arch!)
     : await checkpointConfig(weights!, values.arch);
-  checkClipConfigFits(config, {}, 4 * batch);
+  fitsHere(config, {}, batch, !!values.images, !!values.texts);
   let files: string[] = [];
   if (values.images) {
     const listing = await imageFiles(values.images);
@@ -383,10 +395,7 @@ export async function embedCommand(args: string[]): Promise<number> {
 
   // ---- the expensive part ---------------------------------------------------------------------
   const gpu = await init();
-  checkClipConfigFits(config, gpu.adapter.limits, 4 * batch, {
-    image: !!values.images,
-    text: !!values.texts,
-  });
+  fitsHere(config, gpu.adapter.limits, batch, !!values.images, !!values.texts);
   const t0 = performance.now();
   const model = new ClipModel(config, { seed });
   const tensors: Record<string, { dtype: "F32"; shape: number[]; data: Float32Array }> = {};

@@ -46,7 +46,10 @@ export interface ClipMemoryEstimate {
   parameterBytes: number;
   /** The parameters by field, largest first. */
   parameterTerms: MemoryTerm[];
-  /** The largest single tensor (weight or activation of one batch), with its field. */
+  /**
+   * The largest single tensor (weight or activation of one batch), with its field. Attention is
+   * fused (kernels/attention.ts): no T x T matrix exists, the q/k/v projections do.
+   */
   largestTensor: MemoryTerm;
   /** Activation bytes alive at once for one batch (a rough upper estimate). */
   activationBytes: number;
@@ -151,27 +154,27 @@ export function estimateClipMemory(
     },
     {
       field: "vision.imageSize",
-      bytes: F32 * batch * v.heads * T * T,
-      what: `the image attention scores of a batch of ${batch} [${batch}, ${v.heads}, ${T}, ${T}]`,
+      bytes: F32 * batch * T * 3 * v.width,
+      what: `the image q/k/v activations of a batch of ${batch} [${batch}, ${T}, ${3 * v.width}]`,
     },
     {
-      field: "vision.mlpWidth",
+      field: "vision.imageSize",
       bytes: F32 * batch * T * v.mlpWidth,
       what: `the image MLP activations of a batch of ${batch} [${batch}, ${T}, ${v.mlpWidth}]`,
     },
     {
       field: "text.contextLength",
-      bytes: F32 * batch * t.heads * L * L,
-      what: `the text attention scores of a batch of ${batch} [${batch}, ${t.heads}, ${L}, ${L}]`,
+      bytes: F32 * batch * L * 3 * t.width,
+      what: `the text q/k/v activations of a batch of ${batch} [${batch}, ${L}, ${3 * t.width}]`,
     },
     {
-      field: "text.mlpWidth",
+      field: "text.contextLength",
       bytes: F32 * batch * L * t.mlpWidth,
       what: `the text MLP activations of a batch of ${batch} [${batch}, ${L}, ${t.mlpWidth}]`,
     },
   ];
   const used = candidates.filter((x) =>
-    x.field.startsWith("vision.") ? towers.image ?? true : towers.text ?? true
+    x.what.includes("image") ? towers.image ?? true : towers.text ?? true
   );
   const largestTensor = used.reduce((a, b) => (b.bytes > a.bytes ? b : a), {
     field: "embedDim",

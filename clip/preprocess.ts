@@ -120,9 +120,13 @@ function clip8(acc: number): number {
 
 /** A rectangle of pixels: left/top corner and size. */
 export interface PixelBox {
+  /** First column. */
   left: number;
+  /** First row. */
   top: number;
+  /** Columns. */
   width: number;
+  /** Rows. */
   height: number;
 }
 

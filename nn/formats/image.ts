@@ -22,7 +22,7 @@ import { decodePng } from "./png.ts";
 import { decodeTiff } from "./tiff.ts";
 
 export { MAX_IMAGE_PIXELS } from "./image_common.ts";
-export { GRAY16_NOTE, type ImageHeader } from "./image_probe.ts";
+export { GRAY16_NOTE, type ImageHeader, type ProbedFormat } from "./image_probe.ts";
 
 /**
  * An 8-bit RGB image: `data[(y * width + x) * 3 + c]`, row-major HWC, c = 0 (R), 1 (G), 2 (B).

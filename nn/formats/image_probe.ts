@@ -39,7 +39,8 @@ export type ByteSource = (offset: number, len: number) => Promise<Uint8Array>;
 export const MAX_DEFLATE_RATIO = 1032;
 
 /** The note attached to 16-bit grayscale images (PIL's convert("RGB") clips them at 255). */
-export const GRAY16_NOTE = '16-bit grayscale: clipped at 255 as PIL\'s convert("RGB") does ' +
+export const GRAY16_NOTE: string =
+  '16-bit grayscale: clipped at 255 as PIL\'s convert("RGB") does ' +
   "(most pixels turn white); kept for parity with PIL";
 
 const PNG_CHANNELS: Record<number, number> = { 0: 1, 2: 3, 3: 1, 4: 2, 6: 4 };
