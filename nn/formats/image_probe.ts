@@ -58,6 +58,10 @@ export function pngHeader(head: Uint8Array, fileSize: number): ImageHeader {
   checkSize(width, height, "PNG");
   const samples = PNG_CHANNELS[colorType];
   if (samples === undefined) fail(`corrupt PNG: invalid colour type ${colorType}`);
+  const depths = colorType === 0 ? [1, 2, 4, 8, 16] : colorType === 3 ? [1, 2, 4, 8] : [8, 16];
+  if (!depths.includes(depth)) {
+    fail(`corrupt PNG: bit depth ${depth} is invalid for colour type ${colorType}`);
+  }
   // One filter byte per row plus the packed samples.
   const raw = height * (1 + Math.ceil((width * samples * depth) / 8));
   const minimum = 33 + 12 + Math.ceil(raw / MAX_DEFLATE_RATIO) + 12;
@@ -109,7 +113,12 @@ async function tiffHeader(read: ByteSource, head: Uint8Array): Promise<ImageHead
   const width = await first(256), height = await first(257);
   if (width === undefined || height === undefined) fail("corrupt TIFF: no ImageWidth / Length");
   checkSize(width, height, "TIFF");
+  const compression = (await first(259)) ?? 1;
+  if (![1, 5, 8, 32946, 32773].includes(compression)) {
+    fail(`unsupported TIFF compression ${compression} (only none, LZW, deflate, PackBits)`);
+  }
   const bitDepth = (await first(258)) ?? 1;
+  if (![1, 2, 4, 8, 16].includes(bitDepth)) fail(`unsupported TIFF: ${bitDepth} bits per sample`);
   const samples = (await first(277)) ?? 1;
   const photometric = await first(262);
   const header: ImageHeader = { format: "tiff", width, height, bitDepth, samples };
@@ -141,6 +150,13 @@ async function jpegHeader(read: ByteSource): Promise<ImageHeader> {
       marker !== 0xcc;
     if (isSof) {
       if (m.length < 10) fail("truncated JPEG: the file ends inside the frame header");
+      if (marker === 0xc3 || marker >= 0xc5) {
+        fail(`unsupported JPEG: SOF${marker - 0xc0} (lossless, hierarchical or arithmetic coding)`);
+      }
+      if (m[4] !== 8) fail(`unsupported JPEG: ${m[4]}-bit samples (only 8-bit)`);
+      if (m[9] !== 1 && m[9] !== 3) {
+        fail(`unsupported JPEG: ${m[9]} colour components (only grayscale and YCbCr/RGB)`);
+      }
       const height = (m[5] << 8) | m[6], width = (m[7] << 8) | m[8];
       checkSize(width, height, "JPEG");
       return { format: "jpeg", width, height, bitDepth: m[4], samples: m[9] };
