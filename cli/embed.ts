@@ -232,9 +232,10 @@ async function runInputs(
   const inputs: InputRef[] = [];
   const add = async (path: string | undefined, label: string, folderFiles: readonly string[]) => {
     if (!path) return;
-    inputs.push({ path, label });
     const st = await Deno.stat(path).catch(() => null);
-    if (st?.isDirectory) {
+    if (!st) return; // a built-in --arch name, not a file
+    inputs.push({ path, label });
+    if (st.isDirectory) {
       for (const f of folderFiles) {
         inputs.push({ path: `${path}/${f}`, label });
       }
