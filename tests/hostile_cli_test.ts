@@ -284,6 +284,7 @@ Deno.test("cli class 4: link cycles and doubly reachable files in `data`; a file
     assert.ok(
       report.notes.some((n: string) => /1 file\(s\) reachable under a second name/.test(n)),
     );
+    await assertUnchanged(dir, before, "data over link cycles");
     // The same file in train and val: refused, naming both names.
     await Deno.mkdir(`${dir}/split/train/A`, { recursive: true });
     await Deno.mkdir(`${dir}/split/val/A`, { recursive: true });
@@ -305,7 +306,6 @@ Deno.test("cli class 4: link cycles and doubly reachable files in `data`; a file
       2,
     );
     await assertUnchanged(dir, snap, "class 4");
-    void before;
   });
 });
 
