@@ -5,6 +5,7 @@
  *   info    the WebGPU adapter: description, backend, features, limits
  *   data    inspect a dataset folder: counts per split and class, image sizes, unreadable files
  *   embed   CLIP image/text embeddings of a folder of images and a file of texts
+ *   pair    CLIP-IT pairing: each image's top-k reports of a corpus, per split
  *
  * Each command takes `--help`. Every command lives in its own file of cli/ (cli/progress.ts is
  * the progress bar they share); argument parsing, usage text and printing happen only here and
@@ -14,6 +15,7 @@ import { dataCommand } from "./cli/data.ts";
 import { demoCommand } from "./cli/demo.ts";
 import { embedCommand } from "./cli/embed.ts";
 import { infoCommand } from "./cli/info.ts";
+import { pairCommand } from "./cli/pair.ts";
 
 const USAGE = `usage: deno run -A cli.ts <command> [options]
 
@@ -23,6 +25,8 @@ commands:
   data    inspect a dataset: deno run -A cli.ts data --dataset crc|bach|pcam|folder|flat|csv --root DIR
   embed   CLIP embeddings: deno run -A cli.ts embed --arch ViT-B-16 --weights FILE|random
             [--images DIR] [--texts FILE] --out OUT.safetensors
+  pair    CLIP-IT pairing: deno run -A cli.ts pair --dataset KIND --root DIR --corpus FILE
+            --weights FILE|random [--arch NAME] --out DIR [--k 5] [--chunk]
 
 Benchmarks: deno task bench (kernels), deno task bench:compare (against tfjs-webgpu and
 onnxruntime-web on the same adapter).`;
@@ -32,6 +36,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   info: infoCommand,
   data: dataCommand,
   embed: embedCommand,
+  pair: pairCommand,
 };
 
 if (import.meta.main) {

@@ -20,7 +20,7 @@
  * - nn: tensors, autograd, ops (with in-place `copyInto` / `writeTensor`), modules and layers,
  *   LoRA, optimisers, checkpoints, cosine top-k retrieval.
  * - clip: tokenizer, configs, the image and text towers, checkpoint loading, preprocessing,
- *   embedding loops.
+ *   embedding loops, CLIP-IT's pairing step (pairing files, corpus, caches, top-k reports).
  * - train: datasets and the worker-pool data loader (train/data/).
  *
  * Above nn nothing writes WGSL or touches a GPU buffer, and this surface exports no raw WGSL
@@ -218,6 +218,64 @@ export {
   type EmbedTokenizer,
   type ImageBatch,
 } from "./clip/embed.ts";
+export {
+  datasetFingerprint,
+  formatPairing,
+  type Pairing,
+  PAIRING_FORMAT,
+  type PairingExpectation,
+  pairingFileName,
+  type PairingHeader,
+  type PairingRows,
+  randomPairing,
+  readPairing,
+  round6,
+  type ScoreStats,
+  scoreStats,
+} from "./clip/pairing.ts";
+export {
+  cachedSha256File,
+  type Corpus,
+  parseCorpus,
+  readCorpus,
+  sha256File,
+  sha256Hex,
+} from "./clip/pairing_corpus.ts";
+export {
+  canWindow,
+  type CorpusEmbeddings,
+  embedCorpus,
+  type EmbedCorpusOptions,
+  normalizeRows,
+  tokenWindows,
+  type WindowTokenizer,
+} from "./clip/pairing_text.ts";
+export {
+  embedSplitImages,
+  type EmbedSplitOptions,
+  type ImageRangeSource,
+  type PairingSplit,
+  type SplitEmbeddings,
+} from "./clip/pairing_images.ts";
+export {
+  type Histogram,
+  histogram,
+  MAX_K,
+  type ReportTopK,
+  topKReports,
+} from "./clip/pairing_match.ts";
+export {
+  modelKey,
+  type PairingDataset,
+  type PairingModel,
+  type PairingModelIdentity,
+  type PairingProgress,
+  type PairingSummary,
+  runPairing,
+  type RunPairingOptions,
+  type SplitSummary,
+  type UsedReport,
+} from "./clip/pairing_run.ts";
 
 // ---- train: datasets and loaders -------------------------------------------------------------
 export {
@@ -247,3 +305,10 @@ export {
   type ListImagesOptions,
   type ListProblem,
 } from "./train/data/files.ts";
+export {
+  loaderImageSource,
+  type LoaderSourceOptions,
+  pairingDataset,
+  pairingIds,
+  pairingSplit,
+} from "./train/data/pairing_source.ts";

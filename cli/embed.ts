@@ -70,7 +70,10 @@ const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out 
 Exit status: 0 done, 1 an input or the run failed (the message names the file), 2 bad usage.`;
 
 /** Where the tokenizer is: the flag, beside the weights, or the shared CLIP merges file. */
-async function findTokenizer(flag: string | undefined, weights: string | null): Promise<string> {
+export async function findTokenizer(
+  flag: string | undefined,
+  weights: string | null,
+): Promise<string> {
   if (flag) return flag;
   const candidates: string[] = [];
   if (weights) {
