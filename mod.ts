@@ -36,7 +36,31 @@ export {
   type TorchCheckpointOptions,
   type TorchDtype,
 } from "./nn/formats/torch.ts";
-export { type DecodedImage, decodeImage, ImageDecodeError, readImage } from "./nn/formats/image.ts";
+export {
+  type DecodedImage,
+  decodeImage,
+  GRAY16_NOTE,
+  ImageDecodeError,
+  type ImageHeader,
+  type ProbedFormat,
+  probeImage,
+  readImage,
+} from "./nn/formats/image.ts";
+export {
+  checkOutputPath,
+  type InputRef,
+  type OutputData,
+  type OutputOptions,
+  writeFileAtomic,
+} from "./nn/formats/safe_write.ts";
+export { checkInputFile, type InputOptions } from "./nn/formats/input_file.ts";
+export {
+  decodeTextLines,
+  MAX_TEXT_BYTES,
+  readTextLines,
+  type TextLines,
+  type TextOptions,
+} from "./nn/formats/text.ts";
 
 // ---- kernels: the device and the runtime ----------------------------------------------------
 export {
@@ -94,6 +118,15 @@ export {
   type TextConfig,
   type VisionConfig,
 } from "./clip/config.ts";
+export {
+  checkClipConfigFits,
+  type ClipMemoryEstimate,
+  estimateClipMemory,
+  hostMemoryBytes,
+  type MemoryLimits,
+  type MemoryTerm,
+  type Towers,
+} from "./clip/config_check.ts";
 export { ClipModel, type ClipModelOptions } from "./clip/model.ts";
 export {
   PatchEmbedding,
@@ -168,9 +201,13 @@ export {
   IMAGENET_STD,
   OPENAI_CLIP_MEAN,
   OPENAI_CLIP_STD,
+  type PixelBox,
   preprocessImage,
   type PreprocessOptions,
+  resizeBicubic,
+  resizeBicubicWindow,
   resizeShortSideBicubic,
+  resizeShortSideCenterCrop,
   toNormalizedCHW,
 } from "./clip/preprocess.ts";
 export {
@@ -262,7 +299,12 @@ export {
   type OnBadImage,
 } from "./train/data/loader.ts";
 export type { AugmentOptions } from "./train/data/augment.ts";
-export { listImages, type ListImagesOptions } from "./train/data/files.ts";
+export {
+  type ListDuplicate,
+  listImages,
+  type ListImagesOptions,
+  type ListProblem,
+} from "./train/data/files.ts";
 export {
   loaderImageSource,
   type LoaderSourceOptions,

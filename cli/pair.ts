@@ -264,10 +264,15 @@ export async function pairCommand(args: string[], hooks: PairHooks = {}): Promis
     await Deno.mkdir(cacheDir, { recursive: true }).catch((e) => {
       throw new Error(`--cache ${cacheDir}: cannot create the folder (${(e as Error).message})`);
     });
+    // No output may be an input of the run (safe_write.ts compares real paths and inodes).
+    const inputs = [
+      { path: values.corpus!, label: "--corpus" },
+      ...(random ? [] : [{ path: values.weights!, label: "--weights" }]),
+    ];
     for (const s of data.splits) {
-      await checkOutputPath(`${out}/${pairingFileName(s.name)}`, { label: "--out" });
+      await checkOutputPath(`${out}/${pairingFileName(s.name)}`, { label: "--out", inputs });
     }
-    await checkOutputPath(`${out}/summary.json`, { label: "--out" });
+    await checkOutputPath(`${out}/summary.json`, { label: "--out", inputs });
   } catch (e) {
     // DatasetError, H5Error, an unreadable corpus, an output that cannot be written: all inputs.
     console.error(`pair: ${(e as Error).message}`);

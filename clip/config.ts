@@ -6,6 +6,7 @@
  * `CLIPModel`, or this project's own form (what {@link configToJson} writes).
  */
 import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "./preprocess.ts";
+import { checkInputFile } from "../nn/formats/input_file.ts";
 
 /** The MLP nonlinearity: exact (erf) GELU, or OpenAI's QuickGELU `x * sigmoid(1.702 x)`. */
 export type ClipActivation = "gelu" | "quick_gelu";
@@ -359,13 +360,16 @@ export function parseConfig(json: unknown, name: string, preprocess?: unknown): 
 }
 
 /**
- * Check that every size is a positive integer, heads divide widths, the patch size divides the
- * image size and mean/std have three entries (std non-zero).
+ * Check that every size is a positive (safe) integer, heads divide widths, the patch size divides
+ * the image size, mean/std have three entries (std non-zero), and that the model is not
+ * degenerate: `text.contextLength` at least 3 (with 1 or 2 every text tokenizes to the same
+ * start/end tokens) and `embedDim` at least 2 (a 1-d unit embedding is +1 or -1). Whether the
+ * model fits the machine is config_check.ts's question.
  * @throws Error naming the config and field.
  */
 export function validateConfig(c: ClipConfig): void {
   const pos = (v: unknown, field: string) => {
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
       throw new Error(`${c.name}: ${field} must be a positive integer, got ${JSON.stringify(v)}`);
     }
   };
@@ -392,10 +396,25 @@ export function validateConfig(c: ClipConfig): void {
   }
   pos(c.text.contextLength, "text.contextLength");
   pos(c.text.vocabSize, "text.vocabSize");
+  // Degenerate models: they build and run, but their outputs carry no information.
+  if (c.text.contextLength < 3) {
+    throw new Error(
+      `${c.name}: text.contextLength (context_length) ${c.text.contextLength} leaves no room ` +
+        `for a single token between the start and end tokens: every text would embed the same ` +
+        `(CLIP uses 77)`,
+    );
+  }
+  if (c.embedDim < 2) {
+    throw new Error(
+      `${c.name}: embedDim ${c.embedDim}: every L2-normalised embedding would be +1 or -1`,
+    );
+  }
   if (c.activation !== "gelu" && c.activation !== "quick_gelu") {
     throw new Error(`${c.name}: activation must be "gelu" or "quick_gelu", got ${c.activation}`);
   }
-  if (!(c.layerNormEps > 0)) throw new Error(`${c.name}: layerNormEps must be > 0`);
+  if (!(c.layerNormEps > 0 && Number.isFinite(c.layerNormEps))) {
+    throw new Error(`${c.name}: layerNormEps must be a finite number > 0`);
+  }
   for (const [k, v] of [["mean", c.mean], ["std", c.std]] as const) {
     if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => Number.isFinite(x))) {
       throw new Error(`${c.name}: ${k} must be three numbers`);
@@ -417,6 +436,7 @@ export function configToJson(c: ClipConfig): string {
 export async function loadConfigFile(path: string): Promise<ClipConfig> {
   let text: string;
   try {
+    await checkInputFile(path); // a FIFO named *.json would block the read forever
     text = await Deno.readTextFile(path);
   } catch (e) {
     throw new Error(`cannot read CLIP config ${path}: ${(e as Error).message}`);

@@ -2,17 +2,17 @@
  * The report corpus of the pairing step, and the SHA-256 digests that tie a pairing file and its
  * caches to the exact bytes they were made from.
  *
- * A corpus is a UTF-8 text file with one report per line. Reading it: a UTF-8 byte-order mark is
- * dropped, `\r\n` and `\n` both end a line, the bytes must be valid UTF-8 (an error names the
- * file and the line), blank lines (empty or only whitespace) are skipped and counted, and every
- * report keeps its 1-based line number in the file so a person can find it. A corpus without a
- * single report is refused.
- *
- * This is the pairing step's own reader until the shared `readTextLines` of nn/formats/text.ts
- * lands; it keeps the same rules so swapping it changes no pairing.
+ * A corpus is a text file with one report per line, read by the project's one corpus reader
+ * (nn/formats/text.ts): a UTF-8 byte-order mark is dropped (UTF-16 is decoded when a BOM says
+ * so), `\r\n`, `\n` and a lone `\r` end a line, the bytes must be valid UTF-8 without NUL bytes
+ * (an error names the file and the line), blank lines (empty or only whitespace) are skipped and
+ * counted, and every report keeps its 1-based line number in the file so a person can find it.
+ * A corpus without a single report is refused.
  */
 import { createHash } from "node:crypto";
 import { writeFileAtomic } from "../nn/formats/safe_write.ts";
+import { checkInputFile } from "../nn/formats/input_file.ts";
+import { decodeTextLines, MAX_TEXT_BYTES } from "../nn/formats/text.ts";
 
 /** A report corpus as read by {@link readCorpus}. */
 export interface Corpus {
@@ -99,79 +99,39 @@ export async function cachedSha256File(path: string, memo: string): Promise<stri
   return sha256;
 }
 
-const UTF8 = new TextDecoder("utf-8", { fatal: true });
-
 /**
- * The corpus in `bytes` (the contents of `path`, which only names it in messages); see the
- * module comment for the rules.
- * @throws Error naming the file and line of invalid UTF-8, or the file when it has no report.
+ * The corpus in `bytes` (the contents of `path`, which only names it in messages), read by the
+ * project's one corpus reader (`decodeTextLines` of nn/formats/text.ts; see the module comment).
+ * @throws Error naming the file and line of invalid UTF-8 or a NUL byte (BOM-less UTF-16), or
+ * the file when it has no report.
  */
 export function parseCorpus(bytes: Uint8Array, path: string): Corpus {
-  const sha256 = sha256Hex(bytes);
-  let body = bytes;
-  if (body.length >= 3 && body[0] === 0xef && body[1] === 0xbb && body[2] === 0xbf) {
-    body = body.subarray(3);
-  }
-  let text: string;
-  try {
-    text = UTF8.decode(body);
-  } catch {
-    // Find the line: decode line by line until one fails.
-    let start = 0, line = 1;
-    for (;;) {
-      let end = body.indexOf(0x0a, start);
-      if (end < 0) end = body.length;
-      try {
-        UTF8.decode(body.subarray(start, end));
-      } catch {
-        throw new Error(`corpus ${path} line ${line}: not valid UTF-8 text`);
-      }
-      if (end >= body.length) break;
-      start = end + 1;
-      line++;
-    }
-    throw new Error(`corpus ${path}: not valid UTF-8 text`);
-  }
-  const raw = text.split("\n");
-  if (raw.length > 0 && raw[raw.length - 1] === "") raw.pop();
-  const reports: string[] = [];
-  const lines: number[] = [];
-  let blank = 0;
-  for (let i = 0; i < raw.length; i++) {
-    const line = raw[i].endsWith("\r") ? raw[i].slice(0, -1) : raw[i];
-    if (line.trim() === "") {
-      blank++;
-      continue;
-    }
-    reports.push(line);
-    lines.push(i + 1);
-  }
-  if (reports.length === 0) {
-    throw new Error(
-      `corpus ${path} has no reports (${raw.length} line(s), all blank): ` +
-        `expected one report per line`,
-    );
-  }
+  const t = decodeTextLines(bytes, `corpus ${path}`);
   return {
     path,
-    sha256,
-    reports,
-    lines: Int32Array.from(lines),
-    totalLines: raw.length,
-    blankLines: blank,
+    sha256: sha256Hex(bytes),
+    reports: t.lines,
+    lines: Int32Array.from(t.lineNumbers),
+    totalLines: t.lines.length + t.skippedBlank,
+    blankLines: t.skippedBlank,
   };
 }
 
 /**
  * Read the report corpus at `path` (see the module comment).
- * @throws Error naming the file: unreadable, invalid UTF-8 (with the line), or no report.
+ * @throws Error naming the file: missing or not a regular file (a FIFO is never opened),
+ * unreadable, larger than MAX_TEXT_BYTES, invalid UTF-8 (with the line), or no report.
  */
 export async function readCorpus(path: string): Promise<Corpus> {
   let bytes: Uint8Array;
   try {
+    const st = await checkInputFile(path);
+    if (st.size > MAX_TEXT_BYTES) {
+      throw new Error(`${st.size} bytes is more than ${MAX_TEXT_BYTES}`);
+    }
     bytes = await Deno.readFile(path);
   } catch (e) {
-    throw new Error(`cannot read corpus ${path}: ${(e as Error).message}`);
+    throw new Error(`cannot read corpus ${(e as Error).message}`);
   }
   return parseCorpus(bytes, path);
 }

@@ -201,10 +201,10 @@ Deno.test("pairing corpus: BOM, CRLF, blank lines skipped with 1-based line numb
   assert.equal(c.sha256, sha256Hex(bytes));
   assert.throws(
     () => parseCorpus(enc.encode("\n  \n\r\n"), "e.txt"),
-    /corpus e\.txt has no reports/,
+    /corpus e\.txt: no text lines \(3 blank line\(s\)\)/,
   );
   const bad = new Uint8Array([...enc.encode("ok\nfine\nbad "), 0xff, 0x0a]);
-  assert.throws(() => parseCorpus(bad, "b.txt"), /corpus b\.txt line 3: not valid UTF-8/);
+  assert.throws(() => parseCorpus(bad, "b.txt"), /corpus b\.txt: line 3 is not valid UTF-8/);
 });
 
 Deno.test("pairing weights digest: hashed once, remembered by path, size and mtime", async () => {
