@@ -35,7 +35,6 @@ class TinyTransformer extends Module {
   }
 }
 
-
 /**
  * Run `steps` full-batch steps of `lossOf` with `opt`, one tidy() each; returns the loss before
  * the first update and after the last (read back only at those two points).
