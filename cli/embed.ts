@@ -22,7 +22,6 @@
  * `<out>.partial.safetensors` with the missing images listed, and `--out` is left as it was.
  */
 import { parseArgs } from "node:util";
-import { fileURLToPath } from "node:url";
 import { relative } from "node:path";
 import { init } from "../kernels/device.ts";
 import { writeSafetensors } from "../nn/formats/safetensors.ts";
@@ -38,6 +37,7 @@ import { ClipTokenizer } from "../clip/tokenizer.ts";
 import { type ListDuplicate, listImages } from "../train/data/files.ts";
 import { type BadImage, DataLoader, type OnBadImage } from "../train/data/loader.ts";
 import { defaultWorkers } from "../train/data/pool.ts";
+import { findTokenizer } from "./models.ts";
 import { Progress } from "./progress.ts";
 
 const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out OUT.safetensors
@@ -68,43 +68,6 @@ const USAGE = `Usage: deno run -A cli.ts embed --arch ARCH --weights FILE --out 
   --quiet              no progress bar
 
 Exit status: 0 done, 1 an input or the run failed (the message names the file), 2 bad usage.`;
-
-/** Where the tokenizer is: the flag, beside the weights, or the shared CLIP merges file. */
-export async function findTokenizer(
-  flag: string | undefined,
-  weights: string | null,
-): Promise<string> {
-  if (flag) return flag;
-  const candidates: string[] = [];
-  if (weights) {
-    let dir = weights;
-    try {
-      if (!(await Deno.stat(weights)).isDirectory) {
-        dir = weights.includes("/") ? weights.slice(0, weights.lastIndexOf("/")) : ".";
-      }
-    } catch {
-      dir = ".";
-    }
-    candidates.push(`${dir}/vocab.json`, `${dir}/bpe_simple_vocab_16e6.txt.gz`);
-  }
-  candidates.push(
-    fileURLToPath(
-      new URL("../../shared/data/clip-bpe/bpe_simple_vocab_16e6.txt.gz", import.meta.url),
-    ),
-  );
-  for (const c of candidates) {
-    try {
-      await Deno.stat(c);
-      return c.endsWith("/vocab.json") ? c.slice(0, -"/vocab.json".length) : c;
-    } catch {
-      // next candidate
-    }
-  }
-  throw new Error(
-    `no tokenizer found (tried ${candidates.join(", ")}); pass --tokenizer PATH to CLIP's ` +
-      `bpe_simple_vocab_16e6.txt.gz or a folder with vocab.json + merges.txt`,
-  );
-}
 
 /** The image files of `dir` (see train/data/files.ts), as names relative to `dir`. */
 async function imageFiles(dir: string): Promise<{ files: string[]; duplicates: string[] }> {

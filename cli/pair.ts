@@ -16,31 +16,15 @@
 import { parseArgs } from "node:util";
 import { init } from "../kernels/device.ts";
 import { checkOutputPath } from "../nn/formats/safe_write.ts";
-import { Rng } from "../nn/rng.ts";
-import { ClipImageBackbone, ClipTextEncoder } from "../clip/backbone.ts";
-import { configToJson, resolveArch } from "../clip/config.ts";
-import { ConchImageBackbone, ConchModel, ConchTextEncoder } from "../clip/conch.ts";
-import { loadConchWeights, resolveConchConfig } from "../clip/conch_load.ts";
-import { ConchTokenizer } from "../clip/conch_tokenizer.ts";
-import { checkpointConfig, loadClipCheckpoint, openTensorSource } from "../clip/load.ts";
-import { ClipModel } from "../clip/model.ts";
 import { pairingFileName } from "../clip/pairing.ts";
-import {
-  cachedSha256File,
-  type Corpus,
-  readCorpus,
-  sha256File,
-  sha256Hex,
-} from "../clip/pairing_corpus.ts";
+import { type Corpus, readCorpus } from "../clip/pairing_corpus.ts";
 import { MAX_K } from "../clip/pairing_match.ts";
 import {
   type PairingDataset,
-  type PairingModel,
   type PairingProgress,
   type PairingSummary,
   runPairing,
 } from "../clip/pairing_run.ts";
-import { ClipTokenizer } from "../clip/tokenizer.ts";
 import {
   type Dataset,
   DATASET_KINDS,
@@ -49,7 +33,7 @@ import {
 } from "../train/data/datasets.ts";
 import { loaderImageSource, pairingDataset } from "../train/data/pairing_source.ts";
 import { defaultWorkers } from "../train/data/pool.ts";
-import { findTokenizer } from "./embed.ts";
+import { loadPairingModel } from "./models.ts";
 import { Progress } from "./progress.ts";
 
 const USAGE = `usage: deno run -A cli.ts pair --dataset KIND --root DIR --corpus FILE
@@ -130,130 +114,6 @@ function fraction(name: string, v: string | undefined, problems: string[]): numb
   const f = Number(v);
   if (!Number.isFinite(f)) problems.push(`--${name} must be a number, got "${v}"`);
   return f;
-}
-
-/** A digest of the tokenizer's files (a folder: vocab.json + merges.txt). */
-async function tokenizerDigest(path: string): Promise<string> {
-  if ((await Deno.stat(path)).isDirectory) {
-    const parts = await Promise.all(
-      ["vocab.json", "merges.txt"].map((f) => sha256File(`${path}/${f}`)),
-    );
-    return sha256Hex(parts.join(","));
-  }
-  return await sha256File(path);
-}
-
-/** CONCH's tokenizer file: the flag, or a known name beside the weights. */
-async function findConchTokenizer(flag: string | undefined, weights: string | null) {
-  if (flag) return flag;
-  const tried: string[] = [];
-  if (weights) {
-    let dir = weights;
-    if (!(await Deno.stat(weights)).isDirectory) {
-      dir = weights.includes("/") ? weights.slice(0, weights.lastIndexOf("/")) : ".";
-    }
-    for (const name of ["conch_byte_level_bpe_uncased.json", "tokenizer.json"]) {
-      tried.push(`${dir}/${name}`);
-      try {
-        if ((await Deno.stat(`${dir}/${name}`)).isFile) return `${dir}/${name}`;
-      } catch {
-        // next
-      }
-    }
-  }
-  throw new Error(
-    `no CONCH tokenizer found${tried.length ? ` (tried ${tried.join(", ")})` : ""}: pass ` +
-      `--tokenizer PATH to CONCH's tokenizer.json`,
-  );
-}
-
-/** Build the pairing model (weights loaded) and what the files record about it. */
-async function loadModel(
-  family: "clip" | "conch",
-  arch: string | undefined,
-  weights: string | null,
-  tokenizerFlag: string | undefined,
-  initSeed: number,
-  cacheDir: string,
-): Promise<{ model: PairingModel; dispose: () => void }> {
-  const memo = `${cacheDir}/sha256.json`;
-  let weightsFile: string | null = null;
-  if (weights) {
-    const src = await openTensorSource(weights);
-    weightsFile = src.path;
-    src.close();
-  }
-  const weightsLabel = weights ?? `random (seed ${initSeed})`;
-  if (family === "clip") {
-    const config = weights ? await checkpointConfig(weights, arch) : await resolveArch(arch!);
-    const tokPath = await findTokenizer(tokenizerFlag, weights);
-    const tokenizer = await ClipTokenizer.load(tokPath);
-    if (tokenizer.vocabSize > config.text.vocabSize) {
-      throw new Error(
-        `the tokenizer ${tokPath} has ${tokenizer.vocabSize} tokens but the ${config.name} model ` +
-          `only ${config.text.vocabSize}: wrong --tokenizer for this model`,
-      );
-    }
-    const weightsSha256 = weightsFile ? await cachedSha256File(weightsFile, memo) : null;
-    const tokenizerSha256 = await tokenizerDigest(tokPath);
-    const clip = new ClipModel(config, { seed: initSeed });
-    try {
-      if (weights) await loadClipCheckpoint(clip, weights);
-    } catch (e) {
-      clip.dispose();
-      throw e;
-    }
-    return {
-      model: {
-        image: new ClipImageBackbone(clip),
-        text: new ClipTextEncoder(clip),
-        tokenizer,
-        identity: {
-          name: config.name,
-          weights: weightsLabel,
-          weightsSha256,
-          config: configToJson(config),
-          tokenizer: tokPath,
-          tokenizerSha256,
-        },
-      },
-      dispose: () => clip.dispose(),
-    };
-  }
-  const config = await resolveConchConfig(arch ?? "conch_ViT-B-16");
-  const tokPath = await findConchTokenizer(tokenizerFlag, weights);
-  const tokenizer = await ConchTokenizer.fromFile(tokPath);
-  if (tokenizer.vocabSize > config.text.vocabSize) {
-    throw new Error(
-      `the tokenizer ${tokPath} has ${tokenizer.vocabSize} tokens but the ${config.name} model ` +
-        `only ${config.text.vocabSize}: wrong --tokenizer for this model`,
-    );
-  }
-  const weightsSha256 = weightsFile ? await cachedSha256File(weightsFile, memo) : null;
-  const tokenizerSha256 = await sha256File(tokPath);
-  const conch = new ConchModel(config, { rng: new Rng(initSeed) });
-  try {
-    if (weights) await loadConchWeights(conch, weights);
-  } catch (e) {
-    conch.dispose();
-    throw e;
-  }
-  return {
-    model: {
-      image: new ConchImageBackbone(conch),
-      text: new ConchTextEncoder(conch),
-      tokenizer,
-      identity: {
-        name: config.name,
-        weights: weightsLabel,
-        weightsSha256,
-        config: JSON.stringify(config),
-        tokenizer: tokPath,
-        tokenizerSha256,
-      },
-    },
-    dispose: () => conch.dispose(),
-  };
 }
 
 const BLOCKS = " ▁▂▃▄▅▆▇█";
@@ -429,7 +289,7 @@ export async function pairCommand(args: string[], hooks: PairHooks = {}): Promis
 
   const gpu = await init();
   const t0 = performance.now();
-  const { model, dispose } = await loadModel(
+  const { model, dispose } = await loadPairingModel(
     family as "clip" | "conch",
     values.arch,
     random ? null : values.weights!,

@@ -105,7 +105,8 @@ const L_TEXT = { width: 768, layers: 12, heads: 12 };
  * Built-in configurations, by OpenCLIP name. `-quickgelu` variants are the ones OpenAI's own
  * weights (and models fine-tuned from them, such as PLIP) need. `tiny` has the real CLIP
  * vocabulary and context (so the real tokenizer works) at a toy size; `tiny-test` is a toy
- * model for tests and quick runs.
+ * model for tests and quick runs; `demo-tiny` is the built-in demo's CLIP for its synthetic
+ * world and word tokenizer.
  */
 export const BUILTIN_CONFIGS: Readonly<Record<string, ClipConfig>> = Object.freeze(
   {
@@ -157,6 +158,20 @@ export const BUILTIN_CONFIGS: Readonly<Record<string, ClipConfig>> = Object.free
       layerNormEps: 1e-5,
       vision: { imageSize: 32, patchSize: 8, width: 32, layers: 2, heads: 2, mlpWidth: 64 },
       text: { contextLength: 16, vocabSize: 48, width: 32, layers: 2, heads: 2, mlpWidth: 64 },
+      mean: OPENAI_CLIP_MEAN,
+      std: OPENAI_CLIP_STD,
+    },
+    // The built-in demo's CLIP, trained from scratch on the synthetic world of
+    // train/data/world.ts: 32x32 tiles, the world's word tokenizer (vocabSize = its size,
+    // checked by tests/world_test.ts), reports of about 15-45 words in a 32-token context.
+    // Sized for a slow software GPU, where small transformers cost per layer and per token.
+    "demo-tiny": {
+      name: "demo-tiny",
+      embedDim: 32,
+      activation: "gelu",
+      layerNormEps: 1e-5,
+      vision: { imageSize: 32, patchSize: 8, width: 32, layers: 2, heads: 2, mlpWidth: 128 },
+      text: { contextLength: 32, vocabSize: 173, width: 32, layers: 2, heads: 2, mlpWidth: 128 },
       mean: OPENAI_CLIP_MEAN,
       std: OPENAI_CLIP_STD,
     },

@@ -93,7 +93,7 @@ function tinyModel(): PairingModel {
     shared = {
       clip,
       model: {
-        image: new ClipImageBackbone(clip),
+        image: ClipImageBackbone.fromClip(clip),
         text: new ClipTextEncoder(clip),
         tokenizer: charTokenizer(),
         identity: {
@@ -703,7 +703,7 @@ gpuTest(
       try {
         const tokPath = join(SHARED_DATA, "clip-bpe", "bpe_simple_vocab_16e6.txt.gz");
         const model: PairingModel = {
-          image: new ClipImageBackbone(clip),
+          image: ClipImageBackbone.fromClip(clip),
           text: new ClipTextEncoder(clip),
           tokenizer: await ClipTokenizer.load(tokPath),
           identity: {
