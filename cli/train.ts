@@ -67,6 +67,8 @@ Models:
 CLIP-IT:
   --lambda X            weight of the distillation term (default 1; 0 = the ablation)
   --text-branch on|off  the text-branch head and late fusion (default on)
+  --fusion-init identity|random  g starts as [I | 0] (out = z_v: CLIP-IT starts from the stage-1
+                        model) or random as in the authors' code (default identity)
   --no-lora             train only the heads (the ablation)
   --lora-rank R         (default 16)   --lora-alpha A (default 8)   --lora-dropout P (default 0)
   --lora-targets LIST   ${LORA_ROLES.join(",")} or all (default attn,mlp,embedding,patch)
@@ -103,6 +105,7 @@ const OPTIONS = {
   "backbone-weights": { type: "string" },
   lambda: { type: "string" },
   "text-branch": { type: "string", default: "on" },
+  "fusion-init": { type: "string" },
   "no-lora": { type: "boolean", default: false },
   "lora-rank": { type: "string" },
   "lora-alpha": { type: "string" },
@@ -242,7 +245,7 @@ export async function trainCommand(args: string[]): Promise<number> {
   if (!resumeRun && !values.out) problems.push("--out RUN (a new run folder) or --resume RUN");
   const textBranch = choiceOption("text-branch", values["text-branch"], ["on", "off"], problems);
   if (stage !== "clipit") {
-    for (const f of ["lambda", "init-head", "lora-targets"] as const) {
+    for (const f of ["lambda", "init-head", "lora-targets", "fusion-init"] as const) {
       if (values[f] !== undefined) problems.push(`--${f} is for --stage clipit`);
     }
   }
@@ -276,6 +279,12 @@ export async function trainCommand(args: string[]): Promise<number> {
     workers: intOption("workers", values.workers, 0, problems),
     lambda: numberOption("lambda", values.lambda, problems, 0),
     textBranch: textBranch !== "off",
+    fusionInit: choiceOption(
+      "fusion-init",
+      values["fusion-init"],
+      ["identity", "random"] as const,
+      problems,
+    ),
     lora: {
       enabled: !values["no-lora"],
       rank: intOption("lora-rank", values["lora-rank"], 1, problems),
