@@ -85,7 +85,7 @@ const CLIPIT: ClipItSettings = {
   lora: { rank: 16, alpha: 8 },
   valEvery: 20,
   logEvery: 20,
-  workers: 1,
+  workers: 0, // 32x32 PNGs decode faster in this thread than worker threads start
 };
 /** The stage-1 head: more epochs (it is cheap: features are computed once). */
 const BASELINE: ClipItSettings = { ...CLIPIT, epochs: 60, valEvery: 30 };
@@ -247,6 +247,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   }
   const quiet = values.quiet, out = resolve(values.out!);
   const t0 = performance.now();
+  const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(1)} s`;
   const gpu = await init();
   console.log(
     "CLIP-IT demo. Everything here is SYNTHETIC: generated H&E-like tiles, generated reports and " +
@@ -260,6 +261,8 @@ export async function demoCommand(args: string[]): Promise<number> {
   const wbar = new Progress("world", 1, "images", quiet);
   const manifest = await writeWorld(worldDir, WORLD, {
     force: values.fresh,
+    // The tiny CLIP pretrains from the World in memory: its 2000 tiles need no files.
+    pretrainImages: false,
     onProgress: (done, total) => {
       wbar.total = total;
       wbar.update(done);
@@ -274,7 +277,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   const corpus = await readCorpus(join(worldDir, manifest.files.corpus));
   say(
     quiet,
-    `demo: world of ${ds.classes.length} classes (${ds.classes.join(", ")}): ` +
+    `demo: [${elapsed()}] world of ${ds.classes.length} classes (${ds.classes.join(", ")}): ` +
       ds.splits.map((s) => `${s.name} ${s.labels.length}`).join(", ") +
       `; ${manifest.counts.pretrain.total} paired tiles for pretraining; corpus of ` +
       `${corpus.reports.length} unpaired reports`,
@@ -283,7 +286,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   // 2. The tiny CLIP.
   const clipDir = join(out, "clip");
   const pre = await tinyClip(clipDir, world, tok, values.pretrain, quiet);
-  say(quiet, `demo: the tiny CLIP is ${pre.why}`);
+  say(quiet, `demo: [${elapsed()}] the tiny CLIP is ${pre.why}`);
   const loadTiny = async () => {
     const clip = await loadClip(pre.path);
     return {
@@ -322,7 +325,7 @@ export async function demoCommand(args: string[]): Promise<number> {
         std: backbone.std,
         interpolation: "bicubic",
         batch: 64,
-        workers: 1,
+        workers: 0,
       }),
       {
         out: pairDir,
@@ -348,7 +351,9 @@ export async function demoCommand(args: string[]): Promise<number> {
   const truthAgree = pairingAgreement(world, pairing.train!.reports);
   say(
     quiet,
-    `demo: pairing done; ${(100 * truthAgree).toFixed(0)}% of training images are paired with ` +
+    `demo: [${elapsed()}] pairing done; ${
+      (100 * truthAgree).toFixed(0)
+    }% of training images are paired with ` +
       `a report written for their own class (chance: ~${(100 / ds.classes.length).toFixed(0)}%)`,
   );
 
@@ -404,7 +409,7 @@ export async function demoCommand(args: string[]): Promise<number> {
       const t = r.seconds;
       say(
         quiet,
-        `demo: ${v.id} seed ${seed}: ${r.steps} steps; balanced accuracy ` +
+        `demo: [${elapsed()}] ${v.id} seed ${seed}: ${r.steps} steps; balanced accuracy ` +
           `${(100 * r.test!.balanced_accuracy).toFixed(1)}%; time: steps ${
             t.train.toFixed(1)
           } s, ` +
@@ -444,7 +449,7 @@ export async function demoCommand(args: string[]): Promise<number> {
   console.log(`Report of one run: ${join(runsDir, "clipit-s0", RUN_FILES.report)}`);
   console.log(`Elapsed: ${seconds.toFixed(1)} s on ${gpu.adapter.description || "WebGPU"}.`);
   console.log(`
-With real data and weights (see README "Running CLIP-IT on real data"):
+With real data and weights (see the README, "CLIP-IT on real data"):
   deno run -A cli.ts pair  --dataset crc --root NCT-CRC-HE --corpus tcga-colon-reports.txt \\
       --weights quiltnet-b32/ --out pairing/
   deno run -A cli.ts train --stage baseline --dataset crc --root NCT-CRC-HE \\
