@@ -15,6 +15,7 @@ import { ClipModel } from "../clip/model.ts";
 import { cachedSha256File, sha256File, sha256Hex } from "../clip/pairing_corpus.ts";
 import type { PairingModel } from "../clip/pairing_run.ts";
 import { ClipTokenizer } from "../clip/tokenizer.ts";
+import { WordTokenizer } from "../clip/word_tokenizer.ts";
 import type { ImageBackbone, TextEncoder, TextTokenizer } from "../clip/backbone.ts";
 import type { TimmVitConfig } from "../clip/timm_config.ts";
 import { resolveTimmConfig } from "../clip/timm_models.ts";
@@ -113,7 +114,7 @@ export async function loadPairingModel(
   if (family === "clip") {
     const config = weights ? await checkpointConfig(weights, arch) : await resolveArch(arch!);
     const tokPath = await findTokenizer(tokenizerFlag, weights);
-    const tokenizer = await ClipTokenizer.load(tokPath);
+    const tokenizer = await loadClipFamilyTokenizer(tokPath);
     if (tokenizer.vocabSize > config.text.vocabSize) {
       throw new Error(
         `the tokenizer ${tokPath} has ${tokenizer.vocabSize} tokens but the ${config.name} model ` +
@@ -182,6 +183,30 @@ export async function loadPairingModel(
   };
 }
 
+/**
+ * The tokenizer of a CLIP-family model at `path`: CLIP's BPE (merges `.txt.gz`, or a folder with
+ * `vocab.json` + `merges.txt`), or a word tokenizer's JSON (`{"type": "word", ...}`, what the
+ * demo world writes as `tokenizer.json`).
+ */
+export async function loadClipFamilyTokenizer(
+  path: string,
+): Promise<ClipTokenizer | WordTokenizer> {
+  if (path.endsWith(".json")) {
+    let json: unknown;
+    try {
+      json = JSON.parse(await Deno.readTextFile(path));
+    } catch (e) {
+      throw new Error(`--tokenizer ${path}: ${(e as Error).message}`);
+    }
+    try {
+      return WordTokenizer.fromJSON(json);
+    } catch (e) {
+      throw new Error(`--tokenizer ${path}: ${(e as Error).message}`);
+    }
+  }
+  return await ClipTokenizer.load(path);
+}
+
 /** What `cli.ts train` is told about its models. */
 export interface TrainModelSpec {
   /** The CLIP-like model whose text tower is distilled from (and whose image tower is the
@@ -240,7 +265,7 @@ export async function prepareTrainModels(
       ? await checkpointConfig(spec.weights, spec.arch)
       : await resolveArch(spec.arch!);
     tokPath = await findTokenizer(spec.tokenizer, spec.weights);
-    const clipTok = await ClipTokenizer.load(tokPath);
+    const clipTok = await loadClipFamilyTokenizer(tokPath);
     if (clipTok.vocabSize > config.text.vocabSize) {
       throw new Error(
         `the tokenizer ${tokPath} has ${clipTok.vocabSize} tokens but the ${config.name} model ` +

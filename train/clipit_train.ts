@@ -216,7 +216,10 @@ export async function trainClipIt(
       filter: loraTargetFilter(lora.targets ?? DEFAULT_LORA_TARGETS),
     };
     applyLora(backbone, { ...opts, seed: seedOf(seed, 1) });
-    applyLora(text, { ...opts, seed: seedOf(seed, 2) });
+    // With lambda = 0 nothing reaches the text encoder: it stays frozen (its embeddings are
+    // then computed once), and adapters on it would only be moved by weight decay.
+    if (lambda > 0) applyLora(text, { ...opts, seed: seedOf(seed, 2) });
+    else text.freeze();
   } else {
     backbone.freeze();
     text.freeze();

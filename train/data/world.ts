@@ -265,6 +265,8 @@ export interface WorldManifest {
   counts: Record<WorldSplit | "corpus", { total: number; perClass: Record<string, number> }>;
   /** Training labels that label noise changed. */
   noisyTrainLabels: number;
+  /** Whether the pretraining split's images and `pretrain.csv` were written. */
+  pretrainImages?: boolean;
   /** The files, relative to the world's folder. */
   files: Record<string, string>;
 }
@@ -275,6 +277,12 @@ export interface WriteWorldOptions {
   force?: boolean;
   /** Called after each image written, with (done, total). */
   onProgress?: (done: number, total: number) => void;
+  /**
+   * Write the pretraining split's images and `pretrain.csv` (default true). A run that does not
+   * pretrain a CLIP from files (the demo pretrains from {@link World} in memory, or ships the
+   * result) skips them: they are most of the world's images.
+   */
+  pretrainImages?: boolean;
 }
 
 const FILES = {
@@ -353,26 +361,39 @@ export async function writeWorld(
   wopts: WriteWorldOptions = {},
 ): Promise<WorldManifest> {
   const world = new World(opts);
+  const withPretrain = wopts.pretrainImages ?? true;
   const manifestPath = join(dir, FILES.manifest);
   if (!wopts.force) {
     const old = await readManifest(manifestPath);
     if (
       old && old.version === WORLD_VERSION &&
-      JSON.stringify(old.options) === JSON.stringify(world.options)
+      JSON.stringify(old.options) === JSON.stringify(world.options) &&
+      (old.pretrainImages ?? true) === withPretrain
     ) {
       return old;
     }
   }
   await Deno.remove(manifestPath).catch(() => {}); // an interrupted rewrite must not look complete
-  const total = WORLD_SPLITS.reduce((n, s) => n + world.size(s), 0);
+  const total = WORLD_SPLITS.reduce(
+    (n, s) => n + (s === "pretrain" && !withPretrain ? 0 : world.size(s)),
+    0,
+  );
   let done = 0, noisy = 0;
   const counts = {} as WorldManifest["counts"];
   let labels = csvRow(["path", "label", "split"]);
   let pretrain = csvRow(["path", "report"]);
   let factors = csvRow(["path", "split", "label", "true_label", ...FACTOR_NAMES, "report"]);
   for (const split of WORLD_SPLITS) {
-    await Deno.mkdir(join(dir, FILES.images, split), { recursive: true });
     const perClass: Record<string, number> = {};
+    if (split === "pretrain" && !withPretrain) {
+      for (let i = 0; i < world.size(split); i++) {
+        const name = className(classOf(world.factors(split, i)));
+        perClass[name] = (perClass[name] ?? 0) + 1;
+      }
+      counts[split] = { total: world.size(split), perClass };
+      continue;
+    }
+    await Deno.mkdir(join(dir, FILES.images, split), { recursive: true });
     for (let i = 0; i < world.size(split); i++) {
       const s = world.sample(split, i);
       const path = worldImagePath(split, i);
@@ -402,13 +423,13 @@ export async function writeWorld(
   }
   counts.corpus = { total: world.options.corpus, perClass: corpusPerClass };
   await Deno.writeTextFile(join(dir, FILES.labels), labels);
-  await Deno.writeTextFile(join(dir, FILES.pretrain), pretrain);
+  if (withPretrain) await Deno.writeTextFile(join(dir, FILES.pretrain), pretrain);
   await Deno.writeTextFile(join(dir, FILES.factors), factors);
   await Deno.writeTextFile(join(dir, FILES.corpus), corpus.join("\n") + "\n");
   await Deno.writeTextFile(join(dir, FILES.corpusFactors), corpusFactors);
   const tokenizer = WordTokenizer.fromWords(worldVocabulary());
   await Deno.writeTextFile(join(dir, FILES.tokenizer), JSON.stringify(tokenizer.toJSON()) + "\n");
-  const manifest = manifestOf(world, counts, noisy);
+  const manifest = { ...manifestOf(world, counts, noisy), pretrainImages: withPretrain };
   await Deno.writeTextFile(manifestPath, JSON.stringify(manifest, null, 2) + "\n");
   return manifest;
 }
