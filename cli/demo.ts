@@ -18,27 +18,18 @@
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { adapterInfo, init } from "../kernels/device.ts";
-import { writeFileAtomic } from "../nn/formats/safe_write.ts";
-import { builtinConfig } from "../clip/config.ts";
-import { ClipImageBackbone, ClipTextEncoder } from "../clip/backbone.ts";
-import { loadClip, saveClip } from "../clip/load.ts";
-import { ClipModel } from "../clip/model.ts";
 import { pairingFileName } from "../clip/pairing.ts";
-import { readCorpus, sha256Hex } from "../clip/pairing_corpus.ts";
 import { runPairing } from "../clip/pairing_run.ts";
-import { preprocessImage } from "../clip/preprocess.ts";
-import { WordTokenizer } from "../clip/word_tokenizer.ts";
-import { openDataset } from "../train/data/datasets.ts";
 import { loaderImageSource, pairingDataset } from "../train/data/pairing_source.ts";
-import { World, type WorldOptions, writeWorld } from "../train/data/world.ts";
-import { classOf, WORLD_CLASSES } from "../train/data/world_factors.ts";
+import type { World, WorldOptions } from "../train/data/world.ts";
+import { classOf } from "../train/data/world_factors.ts";
 import { aggregateRuns, type ClassificationReport } from "../train/metrics.ts";
 import { formatComparisonTable } from "../train/metrics_table.ts";
 import { runStage, type SplitPairing, type StageInputs } from "../train/pipeline.ts";
-import { pretrainClip } from "../train/pretrain.ts";
 import { environmentInfo, RUN_FILES, RunDir } from "../train/run.ts";
 import type { ClipItSettings } from "../train/clipit_train.ts";
 import { intOption } from "./args.ts";
+import { type DemoPretrain, prepareDemoWorld } from "./demo_setup.ts";
 import { Progress } from "./progress.ts";
 
 const USAGE = `usage: deno run -A cli.ts demo [--out DIR] [--seeds N] [--fresh] [--quiet]
@@ -54,11 +45,11 @@ balanced accuracy, mean +/- std.
   -h, --help    this text`;
 
 /** The demo's world: the defaults of train/data/world.ts. */
-const WORLD: WorldOptions = { seed: 1 };
+export const WORLD: WorldOptions = { seed: 1 };
 /** Pretraining of the tiny CLIP. */
-const PRETRAIN = { steps: 400, batchSize: 128, lr: 2e-3, seed: 7 };
+export const PRETRAIN: DemoPretrain = { steps: 400, batchSize: 128, lr: 2e-3, seed: 7 };
 /** Stage settings, the paper's defaults where they fit a 64-image training split. */
-const STAGE: ClipItSettings = {
+export const STAGE: ClipItSettings = {
   epochs: 30,
   batchSize: 64,
   lr: 1e-3,
@@ -69,60 +60,10 @@ const STAGE: ClipItSettings = {
   logEvery: 10,
   workers: 1,
 };
-const BASELINE: ClipItSettings = { ...STAGE, epochs: 100, batchSize: 32 };
+export const BASELINE: ClipItSettings = { ...STAGE, epochs: 100, batchSize: 32 };
 
 function say(quiet: boolean, line: string): void {
   if (!quiet) console.error(line);
-}
-
-/** The tiny CLIP: pretrained on the world's paired split, or read back from an earlier demo. */
-async function tinyClip(
-  dir: string,
-  world: World,
-  tok: WordTokenizer,
-  fresh: boolean,
-  quiet: boolean,
-): Promise<{ path: string; seconds: number }> {
-  const path = join(dir, "model.safetensors");
-  const key = sha256Hex(JSON.stringify({ world: world.options, PRETRAIN, v: 1 }));
-  const keyPath = join(dir, "pretrain.json");
-  if (!fresh) {
-    try {
-      if (JSON.parse(await Deno.readTextFile(keyPath)).key === key) {
-        await Deno.stat(path);
-        return { path, seconds: 0 };
-      }
-    } catch {
-      // no earlier CLIP: pretrain one
-    }
-  }
-  const t0 = performance.now();
-  const config = { ...builtinConfig("demo-tiny") };
-  config.text = { ...config.text, vocabSize: tok.vocabSize };
-  const S = config.vision.imageSize, ctx = config.text.contextLength;
-  const n = world.size("pretrain");
-  const images = new Float32Array(n * 3 * S * S);
-  const reports: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const s = world.sample("pretrain", i);
-    images.set(
-      preprocessImage(s.image, { size: S, mean: config.mean, std: config.std }),
-      i * 3 * S * S,
-    );
-    reports.push(s.report);
-  }
-  const clip = new ClipModel(config, { seed: PRETRAIN.seed });
-  const bar = new Progress("pretrain CLIP", PRETRAIN.steps, "steps", quiet);
-  await pretrainClip(clip, { images, ids: tok.tokenize(reports, ctx), count: n }, {
-    ...PRETRAIN,
-    onProgress: (step, loss) => bar.update(step, `InfoNCE ${loss.toFixed(3)}`),
-  });
-  await Deno.mkdir(dir, { recursive: true });
-  await saveClip(clip, path);
-  clip.dispose();
-  await writeFileAtomic(join(dir, "tokenizer.json"), JSON.stringify(tok.toJSON()) + "\n");
-  await writeFileAtomic(keyPath, JSON.stringify({ key, pretrain: PRETRAIN }) + "\n");
-  return { path, seconds: (performance.now() - t0) / 1000 };
 }
 
 /** Run the demo with the arguments after the command name. */
@@ -164,71 +105,26 @@ export async function demoCommand(args: string[]): Promise<number> {
   );
   say(quiet, `demo: adapter ${gpu.adapter.description || "WebGPU"}; output in ${out}`);
 
-  // 1. The world, written as files.
-  const world = new World(WORLD);
-  const worldDir = join(out, "world");
-  const wbar = new Progress("world", 1, "images", quiet);
-  const manifest = await writeWorld(worldDir, WORLD, {
-    force: values.fresh,
-    onProgress: (done, total) => {
-      wbar.total = total;
-      wbar.update(done);
-    },
-  });
-  const ds = await openDataset("csv", join(worldDir, manifest.files.labels), {
-    classes: [...WORLD_CLASSES],
-  });
-  const tok = WordTokenizer.fromJSON(
-    JSON.parse(await Deno.readTextFile(join(worldDir, manifest.files.tokenizer))),
-  );
-  const corpus = await readCorpus(join(worldDir, manifest.files.corpus));
-  say(
+  // 1-2. The world, written as files, and the tiny CLIP.
+  const setup = await prepareDemoWorld(out, {
+    world: WORLD,
+    pretrain: PRETRAIN,
+    fresh: values.fresh,
     quiet,
-    `demo: world of ${ds.classes.length} classes (${ds.classes.join(", ")}): ` +
-      ds.splits.map((s) => `${s.name} ${s.labels.length}`).join(", ") +
-      `; ${manifest.counts.pretrain.total} paired tiles for pretraining; corpus of ` +
-      `${corpus.reports.length} unpaired reports`,
-  );
-
-  // 2. The tiny CLIP.
-  const clipDir = join(out, "clip");
-  const pre = await tinyClip(clipDir, world, tok, values.fresh, quiet);
-  say(
-    quiet,
-    pre.seconds > 0
-      ? `demo: tiny CLIP pretrained in ${pre.seconds.toFixed(1)} s`
-      : `demo: tiny CLIP reused from ${pre.path} (--fresh retrains it)`,
-  );
-  const loadTiny = async () => {
-    const clip = await loadClip(pre.path);
-    return {
-      clip,
-      backbone: ClipImageBackbone.fromClip(clip),
-      textEncoder: new ClipTextEncoder(clip),
-      logitScale: await clip.logit_scale.item(),
-    };
-  };
+    label: "demo",
+  });
+  const { world, dataset: ds, tokenizer: tok, corpus, loadTiny } = setup;
+  const pre = { path: setup.clipPath };
 
   // 3. Pairing.
   const pairDir = join(out, "pairing");
   {
-    const { clip, backbone, textEncoder } = await loadTiny();
+    const { model, dispose } = await setup.pairingModel();
+    const backbone = model.image;
     const data = pairingDataset(ds);
     const pbar = new Progress("pair", 1, "items", quiet);
     await runPairing(
-      {
-        image: backbone,
-        text: textEncoder,
-        tokenizer: tok,
-        identity: {
-          name: "demo-tiny",
-          weights: pre.path,
-          weightsSha256: null,
-          config: JSON.stringify(clip.config),
-          tokenizer: join(clipDir, "tokenizer.json"),
-          tokenizerSha256: sha256Hex(JSON.stringify(tok.toJSON())),
-        },
-      },
+      model,
       corpus,
       data,
       loaderImageSource(ds, {
@@ -249,7 +145,7 @@ export async function demoCommand(args: string[]): Promise<number> {
         },
       },
     );
-    clip.dispose();
+    dispose();
   }
   const pairing: Partial<Record<"train" | "val" | "test", SplitPairing>> = {};
   for (const s of ds.splits) {
