@@ -42,7 +42,7 @@ import {
   MODEL_OPTIONS,
   MODEL_USAGE,
   OPTIM_OPTIONS,
-  OPTIM_USAGE,
+  optimUsage,
   parseModelSpec,
   parseSettings,
 } from "./train_options.ts";
@@ -68,7 +68,7 @@ CLIP-IT:
 ${CLIPIT_USAGE}
   --init-head FILE      a baseline run's model.safetensors to start fc from
 Optimisation:
-${OPTIM_USAGE}
+${optimUsage()}
 Runs:
   --out RUN             a new run folder
   --resume RUN          continue RUN from its last checkpoint with its stored options

@@ -78,13 +78,14 @@ export const OPTIM_OPTIONS = {
   "log-every": { type: "string" },
 } as const satisfies ParseArgsConfig["options"];
 
-/** Usage lines of {@link OPTIM_OPTIONS} (`--seed N (0)` is on the last line but one). */
-export const OPTIM_USAGE =
-  `  --epochs N (10)  --batch N (64)  --lr X (1e-3)  --weight-decay X (1e-4)
+/** Usage lines of {@link OPTIM_OPTIONS}, with or without `--seed` (an experiment has seeds). */
+export function optimUsage(withSeed = true): string {
+  return `  --epochs N (10)  --batch N (64)  --lr X (1e-3)  --weight-decay X (1e-4)
   --optimizer adam|adamw (adam: coupled decay, as the authors)  --clip-grad X (0.5; 0 = off)
   --schedule none|cosine (none)  --warmup N (0)  --lr-min X (1e-4)
   --val-every N (0: each epoch end)  --early-stop N (0: off)  --best val_loss|balanced_accuracy
-  --seed N (0)  --augment  --workers N  --log-every N (10)`;
+  ${withSeed ? "--seed N (0)  " : ""}--augment  --workers N  --log-every N (10)`;
+}
 
 type Values = Record<string, string | boolean | undefined>;
 const str = (values: Values, k: string) => values[k] as string | undefined;
