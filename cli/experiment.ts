@@ -410,14 +410,22 @@ export async function experimentCommand(
         const pw = values["pair-weights"];
         const family = (pw ? values["pair-model"] ?? "clip" : spec!.family) as "clip" | "conch";
         say(`experiment: pairing into ${out}/pairing`);
-        const { model, dispose } = await loadPairingModel(
-          family,
-          pw ? values["pair-arch"] : spec!.arch,
-          pw ? (pw === "random" ? null : pw) : spec!.weights,
-          pw ? values["pair-tokenizer"] : spec!.tokenizer,
-          spec!.initSeed,
-          `${out}/pairing`,
-        );
+        let loaded;
+        try {
+          loaded = await loadPairingModel(
+            family,
+            pw ? values["pair-arch"] : spec!.arch,
+            pw ? (pw === "random" ? null : pw) : spec!.weights,
+            pw ? values["pair-tokenizer"] : spec!.tokenizer,
+            spec!.initSeed,
+            `${out}/pairing`,
+          );
+        } catch (e) {
+          // The pairing model's files (weights, config, tokenizer) are inputs.
+          console.error(`experiment: pairing model: ${(e as Error).message}`);
+          return 2;
+        }
+        const { model, dispose } = loaded;
         try {
           pairing = await pairInto(`${out}/pairing`, ds!, corpus!, model, pairK, {
             signal,
