@@ -232,7 +232,12 @@ export function formatExperimentMarkdown(
         signed(h.delta)
       } |`,
     );
-  } else out.push(`| ${backbone} | ${dataset} | (not finished) | - |`);
+  } else {
+    const why = s.variants.some((v) => v.variant === "clipit")
+      ? "(not finished)"
+      : "(no CLIP-IT run in this experiment)";
+    out.push(`| ${backbone} | ${dataset} | ${why} | - |`);
+  }
   out.push(
     "",
     "| variant | runs | balanced accuracy | delta vs unimodal | paired delta | per seed |",
