@@ -161,7 +161,7 @@ export async function trainCommand(args: string[]): Promise<number> {
   const spec = parseModelSpec(values, problems);
   if (!resumeRun && !values.out) problems.push("--out RUN (a new run folder) or --resume RUN");
   if (stage !== "clipit") {
-    for (const f of ["lambda", "init-head", "lora-targets"] as const) {
+    for (const f of ["lambda", "init-head", "lora-targets", "fusion-init"] as const) {
       if (values[f] !== undefined) problems.push(`--${f} is for --stage clipit`);
     }
   }

@@ -43,6 +43,7 @@ export const MODEL_USAGE =
 export const CLIPIT_OPTIONS = {
   lambda: { type: "string" },
   "text-branch": { type: "string", default: "on" },
+  "fusion-init": { type: "string" },
   "no-lora": { type: "boolean", default: false },
   "lora-rank": { type: "string" },
   "lora-alpha": { type: "string" },
@@ -54,6 +55,8 @@ export const CLIPIT_OPTIONS = {
 export const CLIPIT_USAGE =
   `  --lambda X            weight of the distillation term (default 1; 0 = the ablation)
   --text-branch on|off  the text-branch head and late fusion (default on)
+  --fusion-init identity|random  g starts as [I | 0] (out = z_v: CLIP-IT starts from the stage-1
+                        model) or random as in the authors' code (default identity)
   --no-lora             train only the heads (the ablation)
   --lora-rank R         (default 16)   --lora-alpha A (default 8)   --lora-dropout P (default 0)
   --lora-targets LIST   ${LORA_ROLES.join(",")} or all (default attn,mlp,embedding,patch)`;
@@ -123,6 +126,12 @@ export function parseSettings(values: Values, problems: string[]): ClipItSetting
     workers: intOption("workers", v("workers"), 0, problems),
     lambda: numberOption("lambda", v("lambda"), problems, 0),
     textBranch: textBranch !== "off",
+    fusionInit: choiceOption(
+      "fusion-init",
+      v("fusion-init"),
+      ["identity", "random"] as const,
+      problems,
+    ),
     lora: {
       enabled: values["no-lora"] !== true,
       rank: intOption("lora-rank", v("lora-rank"), 1, problems),

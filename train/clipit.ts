@@ -24,6 +24,7 @@ import { crossEntropy, l2Normalize, leakyRelu } from "../nn/ops/nn.ts";
 import { add, addScalar, mul, scale } from "../nn/ops/elementwise.ts";
 import { mean, sum } from "../nn/ops/reduce.ts";
 import { Rng, type Tensor } from "../nn/tensor.ts";
+import { writeTensor } from "../nn/ops/inplace.ts";
 import type { ImageBackbone, TextEncoder } from "../clip/backbone.ts";
 
 /** Shape options of {@link ClipItModel}. */
@@ -39,6 +40,13 @@ export interface ClipItModelOptions {
   textBranch?: boolean;
   /** Seed of the heads' initialisation (PyTorch's Linear default, from a seeded generator). */
   seed?: number;
+  /**
+   * How the fusion g starts: "identity" (default) passes z_v through (`g = [I | 0]`, bias 0), so
+   * training starts from the stage-1 model that `fc` is loaded from, and the text branch enters
+   * as it learns; "random" is PyTorch's default Linear initialisation, as the authors' code has
+   * it (the fused output then starts near chance whatever stage 1 learned).
+   */
+  fusionInit?: "identity" | "random";
 }
 
 /** What {@link ClipItModel.forward} returns. */
@@ -94,6 +102,13 @@ export class ClipItModel extends Module {
       ? new MLP([textDim, textDim, C], { rng, activation: (x) => leakyRelu(x, 0.1) })
       : null;
     this.g = branch ? new Linear(2 * C, C, { rng }) : null;
+    if (this.g && (opts.fusionInit ?? "identity") === "identity") {
+      // out = z_v at the start: CLIP-IT begins as the stage-1 model it is initialised from.
+      const w = new Float32Array(C * 2 * C);
+      for (let c = 0; c < C; c++) w[c * 2 * C + c] = 1;
+      writeTensor(this.g.weight, w);
+      writeTensor(this.g.bias!, new Float32Array(C));
+    }
   }
 
   /** The heads' parameters (everything but the backbone's), by name. */

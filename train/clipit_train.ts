@@ -109,6 +109,8 @@ export interface ClipItSettings extends OptimSettings {
   lambda?: number;
   /** Build the text-branch head and the fusion (default true). */
   textBranch?: boolean;
+  /** How the fusion starts (default "identity"; see ClipItModelOptions). */
+  fusionInit?: "identity" | "random";
   /** LoRA on both encoders. */
   lora?: LoraSettings;
 }
@@ -223,6 +225,7 @@ export async function trainClipIt(
     numClasses: C,
     textDim: text.embedDim,
     textBranch: settings.textBranch ?? true,
+    fusionInit: settings.fusionInit,
     seed: seedOf(seed, 3),
   });
   if (data.initHead) {
