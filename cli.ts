@@ -9,6 +9,7 @@
  *   train   one training run: baseline, text-baseline, clipit or contrastive, into a run folder
  *   eval    metrics of run folders (mean +/- std across several)
  *   predict class probabilities of images from a run's model.safetensors (CSV)
+ *   experiment  baseline, CLIP-IT and the ablations over seeds: the paper's table (resumable)
  *
  * Each command takes `--help`. Every command lives in its own file of cli/ (cli/progress.ts is
  * the progress bar they share); argument parsing, usage text and printing happen only here and
@@ -22,6 +23,7 @@ import { pairCommand } from "./cli/pair.ts";
 import { trainCommand } from "./cli/train.ts";
 import { evalCommand } from "./cli/eval.ts";
 import { predictCommand } from "./cli/predict.ts";
+import { experimentCommand } from "./cli/experiment.ts";
 
 const USAGE = `usage: deno run -A cli.ts <command> [options]
 
@@ -39,6 +41,10 @@ commands:
   eval    metrics of run folders: deno run -A cli.ts eval RUN [RUN ...] [--out FILE]
   predict class probabilities: deno run -A cli.ts predict --model RUN/model.safetensors
             --images DIR --out OUT.csv
+  experiment  the paper's table for a dataset and a backbone: baseline and CLIP-IT over seeds
+            and the ablations, resumable: deno run -A cli.ts experiment --dataset KIND
+            --root DIR --corpus FILE --weights FILE|random [--backbone timm ...] --out DIR
+            (or --demo --out DIR: the synthetic world)
 
 Benchmarks: deno task bench (kernels), deno task bench:compare (against tfjs-webgpu and
 onnxruntime-web on the same adapter).`;
@@ -52,6 +58,7 @@ const COMMANDS: Record<string, (args: string[]) => Promise<number>> = {
   train: trainCommand,
   eval: evalCommand,
   predict: predictCommand,
+  experiment: experimentCommand,
 };
 
 if (import.meta.main) {

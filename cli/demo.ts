@@ -18,30 +18,20 @@
  *    where the report is. Whatever the numbers show is printed as it is.
  */
 import { join, resolve } from "node:path";
-import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { adapterInfo, init } from "../kernels/device.ts";
-import { writeFileAtomic } from "../nn/formats/safe_write.ts";
-import { builtinConfig } from "../clip/config.ts";
-import { ClipImageBackbone, ClipTextEncoder } from "../clip/backbone.ts";
-import { loadClip, saveClip } from "../clip/load.ts";
-import { ClipModel } from "../clip/model.ts";
 import { pairingFileName } from "../clip/pairing.ts";
-import { readCorpus, sha256Hex } from "../clip/pairing_corpus.ts";
 import { runPairing } from "../clip/pairing_run.ts";
-import { preprocessImage } from "../clip/preprocess.ts";
-import { WordTokenizer } from "../clip/word_tokenizer.ts";
-import { openDataset } from "../train/data/datasets.ts";
 import { loaderImageSource, pairingDataset } from "../train/data/pairing_source.ts";
-import { World, WORLD_VERSION, type WorldOptions, writeWorld } from "../train/data/world.ts";
-import { classOf, WORLD_CLASSES } from "../train/data/world_factors.ts";
+import type { World, WorldOptions } from "../train/data/world.ts";
+import { classOf } from "../train/data/world_factors.ts";
 import { aggregateRuns, type ClassificationReport } from "../train/metrics.ts";
 import { formatComparisonTable } from "../train/metrics_table.ts";
 import { runStage, type SplitPairing, type StageInputs } from "../train/pipeline.ts";
-import { pretrainClip } from "../train/pretrain.ts";
 import { environmentInfo, RUN_FILES, RunDir } from "../train/run.ts";
 import type { ClipItSettings } from "../train/clipit_train.ts";
 import { intOption } from "./args.ts";
+import { type DemoPretrain, prepareDemoWorld } from "./demo_setup.ts";
 import { Progress } from "./progress.ts";
 
 const USAGE =
@@ -64,18 +54,18 @@ balanced accuracy, mean +/- std.
  * labelled tiles per class for training, 32 per class for validation, 64 for test, a corpus of
  * 1000 reports).
  */
-const WORLD: WorldOptions = { seed: 1 };
+export const WORLD: WorldOptions = { seed: 1 };
 /**
  * Pretraining of the tiny CLIP (AdamW, cosine schedule with warm-up). It takes minutes on a
  * software GPU, so the demo ships the result (cli/demo_clip.safetensors) and `--pretrain` redoes
  * it; the printout says how often a pairing has the image's own class.
  */
-const PRETRAIN = { steps: 1000, batchSize: 64, lr: 2e-3, seed: 7 };
+export const PRETRAIN: DemoPretrain = { steps: 1000, batchSize: 64, lr: 2e-3, seed: 7 };
 /**
  * CLIP-IT: the paper's defaults (Adam 1e-3, weight decay 1e-4, clipping 0.5, LoRA r 16 alpha 8,
  * lambda 1), with a batch of 32 so the 64-image training split gives 2 steps per epoch.
  */
-const CLIPIT: ClipItSettings = {
+export const CLIPIT: ClipItSettings = {
   epochs: 30,
   batchSize: 32,
   lr: 1e-3,
@@ -88,9 +78,9 @@ const CLIPIT: ClipItSettings = {
   workers: 0, // 32x32 PNGs decode faster in this thread than worker threads start
 };
 /** The stage-1 head: more epochs (it is cheap: features are computed once). */
-const BASELINE: ClipItSettings = { ...CLIPIT, epochs: 60, valEvery: 30 };
+export const BASELINE: ClipItSettings = { ...CLIPIT, epochs: 60, valEvery: 30 };
 /** The paper's lambda = 0 ablation: the same LoRA fine-tuning without the reports. */
-const NO_TEXT: ClipItSettings = { ...CLIPIT, lambda: 0 };
+export const NO_TEXT: ClipItSettings = { ...CLIPIT, lambda: 0 };
 
 /** The demo's runs per seed, in order (CLIP-IT's fc starts from the baseline's head). */
 const VARIANTS = [
@@ -106,112 +96,6 @@ const VARIANTS = [
 
 function say(quiet: boolean, line: string): void {
   if (!quiet) console.error(line);
-}
-
-/** The tiny CLIP that ships with the demo, and what it was made from (its sidecar JSON). */
-const SHIPPED_CLIP = fileURLToPath(new URL("./demo_clip.safetensors", import.meta.url));
-const SHIPPED_CLIP_INFO = SHIPPED_CLIP.replace(/\.safetensors$/, ".json");
-
-/** What a pretrained tiny CLIP depends on: the world, the pretraining and the architecture. */
-function clipKey(world: World): string {
-  return sha256Hex(
-    JSON.stringify({ world: world.options, version: WORLD_VERSION, PRETRAIN, config: "demo-tiny" }),
-  );
-}
-
-/**
- * Pretrain the tiny CLIP on the world's paired split and save it (with a sidecar JSON saying
- * what it was made from) to `path`.
- */
-async function pretrainTinyClip(
-  path: string,
-  world: World,
-  tok: WordTokenizer,
-  quiet: boolean,
-): Promise<number> {
-  const t0 = performance.now();
-  const config = { ...builtinConfig("demo-tiny") };
-  config.text = { ...config.text, vocabSize: tok.vocabSize };
-  const S = config.vision.imageSize, ctx = config.text.contextLength;
-  const n = world.size("pretrain");
-  const images = new Float32Array(n * 3 * S * S);
-  const reports: string[] = [];
-  for (let i = 0; i < n; i++) {
-    const s = world.sample("pretrain", i);
-    images.set(
-      preprocessImage(s.image, { size: S, mean: config.mean, std: config.std }),
-      i * 3 * S * S,
-    );
-    reports.push(s.report);
-  }
-  const clip = new ClipModel(config, { seed: PRETRAIN.seed });
-  const bar = new Progress("pretrain CLIP", PRETRAIN.steps, "steps", quiet);
-  const loss = await pretrainClip(clip, { images, ids: tok.tokenize(reports, ctx), count: n }, {
-    ...PRETRAIN,
-    onProgress: (step, loss) => bar.update(step, `InfoNCE ${loss.toFixed(3)}`),
-  });
-  await saveClip(clip, path);
-  clip.dispose();
-  const seconds = (performance.now() - t0) / 1000;
-  await writeFileAtomic(
-    path.replace(/\.safetensors$/, ".json"),
-    JSON.stringify(
-      {
-        key: clipKey(world),
-        note: "The demo's tiny CLIP, pretrained contrastively on the synthetic world's paired " +
-          "split by `deno run -A cli.ts demo --pretrain`",
-        world: world.options,
-        world_version: WORLD_VERSION,
-        pretrain: PRETRAIN,
-        final_infonce: loss,
-        seconds,
-        adapter: adapterInfo().description,
-      },
-      null,
-      2,
-    ) + "\n",
-  );
-  return seconds;
-}
-
-/**
- * The tiny CLIP: the one shipped beside this file when it was made from this world and this
- * pretraining (the usual case), else pretrained now into `dir`.
- */
-async function tinyClip(
-  dir: string,
-  world: World,
-  tok: WordTokenizer,
-  pretrain: boolean,
-  quiet: boolean,
-): Promise<{ path: string; seconds: number; why: string }> {
-  const key = clipKey(world);
-  if (!pretrain) {
-    try {
-      const info = JSON.parse(await Deno.readTextFile(SHIPPED_CLIP_INFO));
-      if (info.key === key) {
-        return {
-          path: SHIPPED_CLIP,
-          seconds: 0,
-          why: `shipped with the demo (pretrained by \`cli.ts demo --pretrain\` in ` +
-            `${Number(info.seconds).toFixed(0)} s on ${info.adapter}; final InfoNCE ` +
-            `${Number(info.final_infonce).toFixed(3)})`,
-        };
-      }
-    } catch {
-      // not shipped (or unreadable): pretrain
-    }
-  }
-  await Deno.mkdir(dir, { recursive: true });
-  const path = join(dir, "model.safetensors");
-  const seconds = await pretrainTinyClip(path, world, tok, quiet);
-  return {
-    path,
-    seconds,
-    why: pretrain
-      ? `pretrained now (--pretrain) in ${seconds.toFixed(1)} s`
-      : `pretrained now in ${seconds.toFixed(1)} s (the shipped one was made from another world)`,
-  };
 }
 
 /** Run the demo with the arguments after the command name. */
@@ -255,74 +139,31 @@ export async function demoCommand(args: string[]): Promise<number> {
   );
   say(quiet, `demo: adapter ${gpu.adapter.description || "WebGPU"}; output in ${out}`);
 
-  // 1. The world, written as files.
-  const world = new World(WORLD);
-  const worldDir = join(out, "world");
-  const wbar = new Progress("world", 1, "images", quiet);
-  const manifest = await writeWorld(worldDir, WORLD, {
-    force: values.fresh,
-    // The tiny CLIP pretrains from the World in memory: its 2000 tiles need no files.
-    pretrainImages: false,
-    onProgress: (done, total) => {
-      wbar.total = total;
-      wbar.update(done);
-    },
-  });
-  const ds = await openDataset("csv", join(worldDir, manifest.files.labels), {
-    classes: [...WORLD_CLASSES],
-  });
-  const tok = WordTokenizer.fromJSON(
-    JSON.parse(await Deno.readTextFile(join(worldDir, manifest.files.tokenizer))),
-  );
-  const corpus = await readCorpus(join(worldDir, manifest.files.corpus));
-  say(
+  // 1-2. The world, written as files, and the tiny CLIP.
+  const setup = await prepareDemoWorld(out, {
+    world: WORLD,
+    pretrain: PRETRAIN,
+    fresh: values.fresh,
+    pretrainNow: values.pretrain,
     quiet,
-    `demo: [${elapsed()}] world of ${ds.classes.length} classes (${ds.classes.join(", ")}): ` +
-      ds.splits.map((s) => `${s.name} ${s.labels.length}`).join(", ") +
-      `; ${manifest.counts.pretrain.total} paired tiles for pretraining; corpus of ` +
-      `${corpus.reports.length} unpaired reports`,
-  );
-
-  // 2. The tiny CLIP.
-  const clipDir = join(out, "clip");
-  const pre = await tinyClip(clipDir, world, tok, values.pretrain, quiet);
-  say(quiet, `demo: [${elapsed()}] the tiny CLIP is ${pre.why}`);
-  const loadTiny = async () => {
-    const clip = await loadClip(pre.path);
-    return {
-      clip,
-      backbone: ClipImageBackbone.fromClip(clip),
-      textEncoder: new ClipTextEncoder(clip),
-      logitScale: await clip.logit_scale.item(),
-    };
-  };
+    label: "demo",
+  });
+  const { world, dataset: ds, tokenizer: tok, corpus } = setup;
 
   // 3. Pairing.
   const pairDir = join(out, "pairing");
   {
-    const { clip, backbone, textEncoder } = await loadTiny();
-    const data = pairingDataset(ds);
+    const { model, dispose } = await setup.pairingModel();
     const pbar = new Progress("pair", 1, "items", quiet);
+    await Deno.mkdir(pairDir, { recursive: true });
     await runPairing(
-      {
-        image: backbone,
-        text: textEncoder,
-        tokenizer: tok,
-        identity: {
-          name: "demo-tiny",
-          weights: pre.path,
-          weightsSha256: null,
-          config: JSON.stringify(clip.config),
-          tokenizer: join(clipDir, "tokenizer.json"),
-          tokenizerSha256: sha256Hex(JSON.stringify(tok.toJSON())),
-        },
-      },
+      model,
       corpus,
-      data,
+      pairingDataset(ds),
       loaderImageSource(ds, {
-        size: backbone.imageSize,
-        mean: backbone.mean,
-        std: backbone.std,
+        size: model.image.imageSize,
+        mean: model.image.mean,
+        std: model.image.std,
         interpolation: "bicubic",
         batch: 64,
         workers: 0,
@@ -337,7 +178,7 @@ export async function demoCommand(args: string[]): Promise<number> {
         },
       },
     );
-    clip.dispose();
+    dispose();
   }
   const pairing: Partial<Record<"train" | "val" | "test", SplitPairing>> = {};
   for (const s of ds.splits) {
@@ -364,10 +205,10 @@ export async function demoCommand(args: string[]): Promise<number> {
     pairing,
     tokenizer: tok,
     load: async () => {
-      const m = await loadTiny();
+      const m = await setup.loadTiny();
       return { backbone: m.backbone, textEncoder: m.textEncoder, logitScale: m.logitScale };
     },
-    backboneKey: `demo-tiny:${pre.path}`,
+    backboneKey: `demo-tiny:${setup.clipPath}`,
     featureCache: join(out, "features"),
   };
   await Deno.mkdir(join(out, "features"), { recursive: true });
@@ -410,9 +251,9 @@ export async function demoCommand(args: string[]): Promise<number> {
       say(
         quiet,
         `demo: [${elapsed()}] ${v.id} seed ${seed}: ${r.steps} steps; balanced accuracy ` +
-          `${(100 * r.test!.balanced_accuracy).toFixed(1)}%; time: steps ${
-            t.train.toFixed(1)
-          } s, ` +
+          `${(100 * r.test!.balanced_accuracy).toFixed(1)}%; time: data ${
+            t.data.toFixed(1)
+          } s, steps ${t.train.toFixed(1)} s, ` +
           `validation ${t.validate.toFixed(1)} s, checkpoints ${t.checkpoint.toFixed(1)} s`,
       );
     }

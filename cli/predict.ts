@@ -8,6 +8,9 @@
  *
  * One row per image: `path,prediction,p_<class1>,p_<class2>,...` (probabilities to 6 decimals),
  * images in sorted file order (a folder is read recursively; PNG, TIFF, JPEG).
+ *
+ * `--profile` reports instead the cost of inference (cli/profile.ts): FLOPs, parameters and
+ * latency of the unimodal path and the CLIP-IT path side by side.
  */
 import { relative } from "node:path";
 import { parseArgs } from "node:util";
@@ -18,6 +21,7 @@ import { DataLoader } from "../train/data/loader.ts";
 import { predictBatches } from "../train/evaluate.ts";
 import { loadInferenceModel } from "../train/models.ts";
 import { intOption } from "./args.ts";
+import { PROFILE_USAGE, profileCommand } from "./profile.ts";
 import { Progress } from "./progress.ts";
 
 const USAGE = `usage: deno run -A cli.ts predict --model MODEL.safetensors --images DIR|FILE
@@ -31,7 +35,11 @@ Class probabilities from a run's model.safetensors (image path only; LoRA merged
   --batch N             images per batch (default 32)
   --workers N           decoding workers
   --quiet               no progress bar
-  -h, --help            this text`;
+  -h, --help            this text
+
+       deno run -A cli.ts predict --profile (--model FILE | --backbone clip|timm ...) [options]
+
+${PROFILE_USAGE}`;
 
 /** CSV field: quoted when it holds a comma, a quote or a line break. */
 function csvField(s: string): string {
@@ -48,10 +56,19 @@ export async function predictCommand(args: string[]): Promise<number> {
         model: { type: "string" },
         images: { type: "string" },
         out: { type: "string" },
-        batch: { type: "string", default: "32" },
+        batch: { type: "string" },
         workers: { type: "string" },
         quiet: { type: "boolean", default: false },
         help: { type: "boolean", short: "h", default: false },
+        profile: { type: "boolean", default: false },
+        backbone: { type: "string" },
+        arch: { type: "string" },
+        "backbone-arch": { type: "string" },
+        classes: { type: "string" },
+        "text-dim": { type: "string" },
+        runs: { type: "string" },
+        "no-latency": { type: "boolean", default: false },
+        json: { type: "boolean", default: false },
       },
       strict: true,
       allowPositionals: false,
@@ -64,11 +81,43 @@ export async function predictCommand(args: string[]): Promise<number> {
     console.log(USAGE);
     return 0;
   }
+  const profileOnly = [
+    "backbone",
+    "arch",
+    "backbone-arch",
+    "classes",
+    "text-dim",
+    "runs",
+    "no-latency",
+    "json",
+  ] as const;
+  if (values.profile) {
+    if (values.images || values.out) {
+      console.error("predict: --profile predicts nothing: drop --images / --out");
+      return 2;
+    }
+    return await profileCommand({
+      model: values.model,
+      backbone: values.backbone,
+      arch: values.arch,
+      backboneArch: values["backbone-arch"],
+      classes: values.classes,
+      textDim: values["text-dim"],
+      batch: values.batch,
+      runs: values.runs,
+      noLatency: values["no-latency"],
+      json: values.json,
+    });
+  }
   const problems: string[] = [];
+  const misplaced = profileOnly.filter((k) => values[k] !== undefined && values[k] !== false);
+  if (misplaced.length) {
+    problems.push(`${misplaced.map((k) => `--${k}`).join(", ")} need --profile`);
+  }
   for (const f of ["model", "images", "out"] as const) {
     if (!values[f]) problems.push(`--${f} is required`);
   }
-  const batch = intOption("batch", values.batch, 1, problems)!;
+  const batch = intOption("batch", values.batch ?? "32", 1, problems)!;
   const workers = intOption("workers", values.workers, 0, problems);
   if (problems.length) {
     console.error(`predict: ${problems.join("; ")}\n\n${USAGE}`);

@@ -120,8 +120,12 @@ export interface LoopResult {
   stoppedEarly: boolean;
   /** Every validation, in order. */
   validations: (ValResult & { step: number })[];
-  /** Wall-clock seconds spent in training steps (GPU included), validation and checkpoints. */
-  seconds: { train: number; validate: number; checkpoint: number };
+  /**
+   * Wall-clock seconds spent waiting for the next batch (decoding, and its upload, which waits
+   * while the GPU still runs the previous step), in the steps (recording, and the GPU at each
+   * loss readback), validation and checkpoints.
+   */
+  seconds: { data: number; train: number; validate: number; checkpoint: number };
 }
 
 /** A NaN or infinite loss: the run stopped at `step`; the last checkpoint predates it. */
@@ -173,7 +177,7 @@ export async function trainLoop<B extends { end: number }>(
   let lastLoss = NaN, imagesPerSecond = 0;
 
   const meta = (): TrainStateMeta => ({ ...state, best: state.best });
-  const seconds = { train: 0, validate: 0, checkpoint: 0 };
+  const seconds = { data: 0, train: 0, validate: 0, checkpoint: 0 };
   const timed = async <T>(what: keyof typeof seconds, f: () => Promise<T>): Promise<T> => {
     const t0 = performance.now();
     try {
@@ -247,7 +251,9 @@ export async function trainLoop<B extends { end: number }>(
   try {
     outer: while (state.epoch < opts.epochs) {
       const epoch = state.epoch;
+      let waited = performance.now();
       for await (const batch of hooks.batches(epoch, state.position)) {
+        seconds.data += (performance.now() - waited) / 1000;
         if (interrupted()) {
           hooks.release(batch);
           break outer;
@@ -286,6 +292,7 @@ export async function trainLoop<B extends { end: number }>(
           stoppedEarly = true;
           break outer;
         }
+        waited = performance.now();
       }
       if (interrupted()) break;
       if (state.epoch === epoch) {

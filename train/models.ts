@@ -73,10 +73,8 @@ export async function saveInferenceModel(
   await saveModule(model, path, { [META_KEY]: JSON.stringify(full) });
 }
 
-/** Read an inference checkpoint's metadata and rebuild its model with the saved weights. */
-export async function loadInferenceModel(
-  path: string,
-): Promise<{ model: ClipItModel; meta: InferenceMeta }> {
+/** Read an inference checkpoint's metadata (classes, backbone spec, heads) only. */
+export async function readInferenceMeta(path: string): Promise<InferenceMeta> {
   const f = await SafetensorsFile.open(path);
   let meta: InferenceMeta;
   try {
@@ -97,6 +95,14 @@ export async function loadInferenceModel(
   if (meta.backbone.kind === "clip") {
     meta.backbone.config = parseConfig(meta.backbone.config, `${path} (backbone config)`);
   }
+  return meta;
+}
+
+/** Read an inference checkpoint's metadata and rebuild its model with the saved weights. */
+export async function loadInferenceModel(
+  path: string,
+): Promise<{ model: ClipItModel; meta: InferenceMeta }> {
+  const meta = await readInferenceMeta(path);
   const backbone = buildBackbone(meta.backbone);
   const model = new ClipItModel(backbone, {
     numClasses: meta.classes.length,

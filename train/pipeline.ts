@@ -22,6 +22,7 @@ import { SafetensorsFile } from "../nn/formats/safetensors.ts";
 import { writeFileAtomic } from "../nn/formats/safe_write.ts";
 import type { ImageBackbone, TextEncoder, TextTokenizer } from "../clip/backbone.ts";
 import type { Corpus } from "../clip/pairing_corpus.ts";
+import { randomPairing } from "../clip/pairing.ts";
 import { textTargets } from "./clipit.ts";
 import { ClipItModel } from "./clipit.ts";
 import { type ClipItSettings, type RunControl, trainClipIt } from "./clipit_train.ts";
@@ -51,6 +52,24 @@ export interface SplitPairing {
   reports: Int32Array;
   /** Cosine score per sample (NaN for a random pairing). */
   scores: Float32Array;
+}
+
+/**
+ * The random-pairing ablation for every split of `ds`: each image gets a report drawn uniformly
+ * from the `reports` of the corpus (seeded: the same seed gives the same pairing; each split
+ * draws from its own stream). Scores are NaN (no similarity was computed).
+ */
+export function randomSplitPairing(
+  ds: Dataset,
+  reports: number,
+  seed: number,
+): Partial<Record<SplitName, SplitPairing>> {
+  const out: Partial<Record<SplitName, SplitPairing>> = {};
+  for (const s of ds.splits) {
+    const r = randomPairing(s.labels.length, reports, 1, seed + s.name.length);
+    out[s.name] = { reports: r.indices, scores: new Float32Array(r.indices.length).fill(NaN) };
+  }
+  return out;
 }
 
 /** What a run trains on, loaded. Models come from factories: LoRA changes them, so each run
@@ -88,7 +107,7 @@ export interface StageResult {
   /** Steps taken. */
   steps: number;
   /** Where the training loop's time went (seconds). */
-  seconds: { train: number; validate: number; checkpoint: number };
+  seconds: { data: number; train: number; validate: number; checkpoint: number };
 }
 
 function split(ds: Dataset, name: SplitName): Split | undefined {
@@ -187,15 +206,16 @@ export async function runStage(
   const train = need(split(ds, "train"), "a train split", stage);
   const val = need(split(ds, "val"), "a val split (set a validation fraction)", stage);
   const test = split(ds, "test");
-  for (const s of [train, val]) {
-    const seen = new Set(s.labels);
-    if (seen.size < ds.classes.length) {
-      const missing = ds.classes.filter((_, c) => !seen.has(c));
-      throw new Error(
-        `class ${missing.map((m) => `"${m}"`).join(", ")} has no image in the ${s.name} split ` +
-          `of ${ds.kind}:${ds.root}; every class needs training and validation images`,
-      );
-    }
+  // Every class must be learnable: a class without a training image is refused. One without a
+  // validation image (a class of one or two images in a small dataset) is allowed: validation
+  // metrics are then over the classes present, as the test report's are (it warns).
+  const seen = new Set(train.labels);
+  if (seen.size < ds.classes.length) {
+    const missing = ds.classes.filter((_, c) => !seen.has(c));
+    throw new Error(
+      `class ${missing.map((m) => `"${m}"`).join(", ")} has no image in the train split ` +
+        `of ${ds.kind}:${ds.root}; every class needs training images`,
+    );
   }
   let result: StageResult;
   const backboneKey = inputs.backboneKey ?? "backbone";

@@ -49,6 +49,12 @@ export interface LoaderOptions {
   dropLast?: boolean;
   /** Fail on an unreadable image (default) or skip it and list it. */
   onBadImage?: OnBadImage;
+  /**
+   * Keep prepared samples in memory, up to this many bytes, so later epochs skip decoding
+   * (default 256 MiB; 0 disables). Only without augmentation: an augmented sample differs per
+   * epoch. A split that does not fit is not cached at all.
+   */
+  cacheBytes?: number;
 }
 
 /** A batch on the CPU. */
@@ -104,6 +110,8 @@ export class DataLoader {
   /** Batches decoded ahead of the consumer. */
   readonly prefetch: number;
   private pool: DecodePool;
+  /** Prepared samples by index, when the whole split fits in `cacheBytes` (see LoaderOptions). */
+  private cache: Map<number, Float32Array> | null = null;
   private skippedMap = new Map<string, string>();
   private running = false;
 
@@ -140,6 +148,10 @@ export class DataLoader {
       seed: this.seed,
     };
     this.pool = new DecodePool(split.source, config, opts.workers ?? defaultWorkers());
+    const planeBytes = 3 * this.size * this.size * 4;
+    if (!config.augment && split.labels.length * planeBytes <= (opts.cacheBytes ?? 256 * 2 ** 20)) {
+      this.cache = new Map();
+    }
   }
 
   /** Samples in the split. */
@@ -191,7 +203,16 @@ export class DataLoader {
     let submitted = from;
     const submit = () => {
       while (submitted < n && inflight.size < window) {
-        const p = this.pool.run(order[submitted], epoch, "prepare");
+        const hit = this.cache?.get(order[submitted]);
+        const p = hit
+          ? Promise.resolve<SampleResult>({
+            id: order[submitted],
+            ok: true,
+            width: 0,
+            height: 0,
+            data: hit,
+          })
+          : this.pool.run(order[submitted], epoch, "prepare");
         p.catch(() => {}); // awaited in order below; avoid an unhandled rejection if abandoned
         inflight.set(submitted++, p);
       }
@@ -212,6 +233,7 @@ export class DataLoader {
           continue;
         }
         const data = res.data as Float32Array;
+        this.cache?.set(index, data);
         if (data.length !== plane) {
           throw new Error(`sample ${index}: got ${data.length} values, expected ${plane}`);
         }
