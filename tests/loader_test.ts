@@ -124,6 +124,20 @@ Deno.test("loader: every sample is exactly the CLIP preprocessing of its file, i
     } finally {
       await resumed.close();
     }
+    // Epochs after the first come from the in-memory cache: identical to decoding again.
+    const cached = new DataLoader(split, opts),
+      uncached = new DataLoader(split, {
+        ...opts,
+        cacheBytes: 0,
+      });
+    try {
+      for (const e of [0, 1, 2]) {
+        assert.deepEqual(await collect(cached, e), await collect(uncached, e), `epoch ${e}`);
+      }
+    } finally {
+      await cached.close();
+      await uncached.close();
+    }
     const other = await load(split, { ...opts, seed: 6 });
     assert.notDeepEqual(other.flatMap((b) => [...b.indices]), order);
     const plain = await load(split, { ...opts, shuffle: false, dropLast: true });
