@@ -20,7 +20,7 @@
  * - nn: tensors, autograd, ops (with in-place `copyInto` / `writeTensor`), modules and layers,
  *   LoRA, optimisers, checkpoints, cosine top-k retrieval.
  * - clip: tokenizer, configs, the image and text towers, checkpoint loading, preprocessing,
- *   embedding loops.
+ *   embedding loops, CLIP-IT's pairing step (pairing files, corpus, caches, top-k reports).
  * - train: datasets and the worker-pool data loader (train/data/).
  *
  * Above nn nothing writes WGSL or touches a GPU buffer, and this surface exports no raw WGSL
@@ -36,7 +36,31 @@ export {
   type TorchCheckpointOptions,
   type TorchDtype,
 } from "./nn/formats/torch.ts";
-export { type DecodedImage, decodeImage, ImageDecodeError, readImage } from "./nn/formats/image.ts";
+export {
+  type DecodedImage,
+  decodeImage,
+  GRAY16_NOTE,
+  ImageDecodeError,
+  type ImageHeader,
+  type ProbedFormat,
+  probeImage,
+  readImage,
+} from "./nn/formats/image.ts";
+export {
+  checkOutputPath,
+  type InputRef,
+  type OutputData,
+  type OutputOptions,
+  writeFileAtomic,
+} from "./nn/formats/safe_write.ts";
+export { checkInputFile, type InputOptions } from "./nn/formats/input_file.ts";
+export {
+  decodeTextLines,
+  MAX_TEXT_BYTES,
+  readTextLines,
+  type TextLines,
+  type TextOptions,
+} from "./nn/formats/text.ts";
 
 // ---- kernels: the device and the runtime ----------------------------------------------------
 export {
@@ -95,6 +119,15 @@ export {
   type TextConfig,
   type VisionConfig,
 } from "./clip/config.ts";
+export {
+  checkClipConfigFits,
+  type ClipMemoryEstimate,
+  estimateClipMemory,
+  hostMemoryBytes,
+  type MemoryLimits,
+  type MemoryTerm,
+  type Towers,
+} from "./clip/config_check.ts";
 export { ClipModel, type ClipModelOptions } from "./clip/model.ts";
 export {
   PatchEmbedding,
@@ -169,9 +202,13 @@ export {
   IMAGENET_STD,
   OPENAI_CLIP_MEAN,
   OPENAI_CLIP_STD,
+  type PixelBox,
   preprocessImage,
   type PreprocessOptions,
+  resizeBicubic,
+  resizeBicubicWindow,
   resizeShortSideBicubic,
+  resizeShortSideCenterCrop,
   toNormalizedCHW,
 } from "./clip/preprocess.ts";
 export {
@@ -182,6 +219,64 @@ export {
   type EmbedTokenizer,
   type ImageBatch,
 } from "./clip/embed.ts";
+export {
+  datasetFingerprint,
+  formatPairing,
+  type Pairing,
+  PAIRING_FORMAT,
+  type PairingExpectation,
+  pairingFileName,
+  type PairingHeader,
+  type PairingRows,
+  randomPairing,
+  readPairing,
+  round6,
+  type ScoreStats,
+  scoreStats,
+} from "./clip/pairing.ts";
+export {
+  cachedSha256File,
+  type Corpus,
+  parseCorpus,
+  readCorpus,
+  sha256File,
+  sha256Hex,
+} from "./clip/pairing_corpus.ts";
+export {
+  canWindow,
+  type CorpusEmbeddings,
+  embedCorpus,
+  type EmbedCorpusOptions,
+  normalizeRows,
+  tokenWindows,
+  type WindowTokenizer,
+} from "./clip/pairing_text.ts";
+export {
+  embedSplitImages,
+  type EmbedSplitOptions,
+  type ImageRangeSource,
+  type PairingSplit,
+  type SplitEmbeddings,
+} from "./clip/pairing_images.ts";
+export {
+  type Histogram,
+  histogram,
+  MAX_K,
+  type ReportTopK,
+  topKReports,
+} from "./clip/pairing_match.ts";
+export {
+  modelKey,
+  type PairingDataset,
+  type PairingModel,
+  type PairingModelIdentity,
+  type PairingProgress,
+  type PairingSummary,
+  runPairing,
+  type RunPairingOptions,
+  type SplitSummary,
+  type UsedReport,
+} from "./clip/pairing_run.ts";
 
 // ---- train: datasets and loaders -------------------------------------------------------------
 export {
@@ -205,4 +300,16 @@ export {
   type OnBadImage,
 } from "./train/data/loader.ts";
 export type { AugmentOptions } from "./train/data/augment.ts";
-export { listImages, type ListImagesOptions } from "./train/data/files.ts";
+export {
+  type ListDuplicate,
+  listImages,
+  type ListImagesOptions,
+  type ListProblem,
+} from "./train/data/files.ts";
+export {
+  loaderImageSource,
+  type LoaderSourceOptions,
+  pairingDataset,
+  pairingIds,
+  pairingSplit,
+} from "./train/data/pairing_source.ts";

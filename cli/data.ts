@@ -67,6 +67,17 @@ export function formatReport(r: DataReport): string {
       );
     }
   }
+  // Said once per run, naming the files (PIL's conversion is kept for parity).
+  const noted = r.splits.flatMap((s) => s.notes ?? []);
+  for (const note of new Set(noted.map((x) => x.note))) {
+    const files = noted.filter((x) => x.note === note).map((x) => x.path);
+    lines.push(
+      "",
+      `note: ${files.length} image(s) ${note}: ${files.slice(0, 10).join(", ")}${
+        files.length > 10 ? ", ..." : ""
+      }`,
+    );
+  }
   const all = r.splits.flatMap((s) => s.unreadable);
   if (r.checked) {
     lines.push("", all.length ? `unreadable files (${all.length}):` : "all images readable");
@@ -80,6 +91,33 @@ function fraction(name: string, v: string | undefined): number | undefined {
   const f = Number(v);
   if (!Number.isFinite(f)) throw new DatasetError(`--${name} must be a number, got "${v}"`);
   return f;
+}
+
+/**
+ * A flag that this dataset kind would ignore, said as a refusal (a user who passes
+ * `--split-file` to a CRC run believes the split is fixed). Null when the flags agree.
+ */
+function contradictoryFlags(
+  kind: DatasetKind,
+  v: { [k: string]: string | boolean | undefined },
+): string | null {
+  const given = (f: string) => v[f] !== undefined;
+  const refuse: [string, boolean, string][] = [
+    ["split-file", kind !== "bach", "only BACH takes a split file"],
+    ["classes", kind === "crc" || kind === "bach" || kind === "pcam", `${kind} has fixed classes`],
+    ["val-fraction", kind === "pcam", "PCAM has an official validation split"],
+    ["test-fraction", kind === "pcam" || kind === "crc", `${kind} has an official test split`],
+    ["seed", kind === "pcam", "PCAM's splits are not drawn at random"],
+  ];
+  for (const [flag, bad, why] of refuse) {
+    if (bad && given(flag)) return `--${flag} does nothing with --dataset ${kind} (${why})`;
+  }
+  if (kind === "bach" && given("split-file")) {
+    for (const f of ["seed", "val-fraction", "test-fraction"]) {
+      if (given(f)) return `--${f} does nothing with --split-file (the file fixes the split)`;
+    }
+  }
+  return null;
 }
 
 /**
@@ -127,6 +165,17 @@ export async function dataCommand(args: string[]): Promise<number> {
           : "--root is required"
       }\n\n${USAGE}`,
     );
+    return 2;
+  }
+  const contradiction = contradictoryFlags(kind, values);
+  if (contradiction) {
+    console.error(`${contradiction}\n\n${USAGE}`);
+    return 2;
+  }
+  try {
+    await Deno.stat(values.root);
+  } catch {
+    console.error(`error: --root ${values.root}: does not exist`);
     return 2;
   }
   let ds: Dataset;

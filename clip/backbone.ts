@@ -14,6 +14,9 @@ import { Module } from "../nn/module.ts";
 import type { Tensor } from "../nn/tensor.ts";
 import type { LoraHost, LoraSite } from "../nn/lora.ts";
 import type { ClipModel } from "./model.ts";
+import type { ClipConfig } from "./config.ts";
+import { VisionTransformer } from "./vision.ts";
+import { Rng } from "../nn/rng.ts";
 
 /** An image feature extractor that CLIP-IT trains with LoRA. */
 export interface ImageBackbone extends LoraHost {
@@ -56,10 +59,16 @@ export interface TextTokenizer {
   tokenize(texts: string[], contextLength: number): Int32Array;
 }
 
-/** A CLIP model's image tower as an {@link ImageBackbone}: features = `encode_image`. */
+/**
+ * A CLIP image tower as an {@link ImageBackbone}: features = `encode_image` (the projected
+ * embedding, not normalised). It holds only the image tower, so an inference checkpoint of a
+ * CLIP-IT model needs no text tower.
+ */
 export class ClipImageBackbone extends Module implements ImageBackbone {
   /** A label naming the CLIP configuration. */
   readonly name: string;
+  /** The CLIP configuration the tower belongs to (its `vision` part and preprocessing). */
+  readonly config: ClipConfig;
   /** The embedding size of the CLIP model. */
   readonly featureDim: number;
   /** The CLIP model's image size. */
@@ -70,26 +79,38 @@ export class ClipImageBackbone extends Module implements ImageBackbone {
   readonly std: readonly number[];
   /** CLIP resizes with bicubic interpolation. */
   readonly interpolation = "bicubic" as const;
-  /** The CLIP model whose tower this is (parameters `visual.*` come from it). */
-  readonly _clip: ClipModel;
-  /** The image tower, parameters `visual.*`. */
-  visual: ClipModel["visual"];
+  /** The image tower, parameters `visual.*` (OpenCLIP's names). */
+  visual: VisionTransformer;
 
-  /** Wrap `clip`'s image tower (shared, not copied). */
-  constructor(clip: ClipModel) {
+  /** Wrap `visual` (shared, not copied), the image tower of a CLIP model of `config`. */
+  constructor(visual: VisionTransformer, config: ClipConfig) {
     super();
-    this._clip = clip;
-    this.visual = clip.visual;
-    this.name = `${clip.config.name} (CLIP image tower)`;
-    this.featureDim = clip.config.embedDim;
-    this.imageSize = clip.config.vision.imageSize;
-    this.mean = clip.config.mean;
-    this.std = clip.config.std;
+    this.visual = visual;
+    this.config = structuredClone(config);
+    this.name = `${config.name} (CLIP image tower)`;
+    this.featureDim = config.embedDim;
+    this.imageSize = config.vision.imageSize;
+    this.mean = config.mean;
+    this.std = config.std;
+  }
+
+  /** The image tower of `clip` (shared with it). */
+  static fromClip(clip: ClipModel): ClipImageBackbone {
+    return new ClipImageBackbone(clip.visual, clip.config);
+  }
+
+  /** A randomly initialised image tower of `config` alone (load weights into it after). */
+  static create(config: ClipConfig, seed = 0): ClipImageBackbone {
+    const visual = new VisionTransformer(config.vision, config.embedDim, config.activation, {
+      rng: new Rng(seed),
+      eps: config.layerNormEps,
+    });
+    return new ClipImageBackbone(visual, config);
   }
 
   /** Normalised images [B, 3, S, S] -> CLIP image features [B, embedDim]. */
   features(images: Tensor): Tensor {
-    return this._clip.encodeImage(images);
+    return this.visual.forward(images);
   }
 
   /** The image tower's LoRA sites, named `visual.*`. */

@@ -6,6 +6,7 @@
  * `CLIPModel`, or this project's own form (what {@link configToJson} writes).
  */
 import { OPENAI_CLIP_MEAN, OPENAI_CLIP_STD } from "./preprocess.ts";
+import { checkInputFile } from "../nn/formats/input_file.ts";
 
 /** The MLP nonlinearity: exact (erf) GELU, or OpenAI's QuickGELU `x * sigmoid(1.702 x)`. */
 export type ClipActivation = "gelu" | "quick_gelu";
@@ -104,7 +105,8 @@ const L_TEXT = { width: 768, layers: 12, heads: 12 };
  * Built-in configurations, by OpenCLIP name. `-quickgelu` variants are the ones OpenAI's own
  * weights (and models fine-tuned from them, such as PLIP) need. `tiny` has the real CLIP
  * vocabulary and context (so the real tokenizer works) at a toy size; `tiny-test` is a toy
- * model for tests and quick runs.
+ * model for tests and quick runs; `demo-tiny` is the built-in demo's CLIP for its synthetic
+ * world and word tokenizer.
  */
 export const BUILTIN_CONFIGS: Readonly<Record<string, ClipConfig>> = Object.freeze(
   {
@@ -156,6 +158,20 @@ export const BUILTIN_CONFIGS: Readonly<Record<string, ClipConfig>> = Object.free
       layerNormEps: 1e-5,
       vision: { imageSize: 32, patchSize: 8, width: 32, layers: 2, heads: 2, mlpWidth: 64 },
       text: { contextLength: 16, vocabSize: 48, width: 32, layers: 2, heads: 2, mlpWidth: 64 },
+      mean: OPENAI_CLIP_MEAN,
+      std: OPENAI_CLIP_STD,
+    },
+    // The built-in demo's CLIP, trained from scratch on the synthetic world of
+    // train/data/world.ts: 32x32 tiles, the world's word tokenizer (vocabSize = its size,
+    // checked by tests/world_test.ts), reports of about 15-45 words in a 32-token context.
+    // Sized for a slow software GPU, where small transformers cost per layer and per token.
+    "demo-tiny": {
+      name: "demo-tiny",
+      embedDim: 32,
+      activation: "gelu",
+      layerNormEps: 1e-5,
+      vision: { imageSize: 32, patchSize: 8, width: 32, layers: 2, heads: 2, mlpWidth: 128 },
+      text: { contextLength: 32, vocabSize: 173, width: 32, layers: 2, heads: 2, mlpWidth: 128 },
       mean: OPENAI_CLIP_MEAN,
       std: OPENAI_CLIP_STD,
     },
@@ -344,13 +360,16 @@ export function parseConfig(json: unknown, name: string, preprocess?: unknown): 
 }
 
 /**
- * Check that every size is a positive integer, heads divide widths, the patch size divides the
- * image size and mean/std have three entries (std non-zero).
+ * Check that every size is a positive (safe) integer, heads divide widths, the patch size divides
+ * the image size, mean/std have three entries (std non-zero), and that the model is not
+ * degenerate: `text.contextLength` at least 3 (with 1 or 2 every text tokenizes to the same
+ * start/end tokens) and `embedDim` at least 2 (a 1-d unit embedding is +1 or -1). Whether the
+ * model fits the machine is config_check.ts's question.
  * @throws Error naming the config and field.
  */
 export function validateConfig(c: ClipConfig): void {
   const pos = (v: unknown, field: string) => {
-    if (typeof v !== "number" || !Number.isInteger(v) || v < 1) {
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 1) {
       throw new Error(`${c.name}: ${field} must be a positive integer, got ${JSON.stringify(v)}`);
     }
   };
@@ -377,10 +396,25 @@ export function validateConfig(c: ClipConfig): void {
   }
   pos(c.text.contextLength, "text.contextLength");
   pos(c.text.vocabSize, "text.vocabSize");
+  // Degenerate models: they build and run, but their outputs carry no information.
+  if (c.text.contextLength < 3) {
+    throw new Error(
+      `${c.name}: text.contextLength (context_length) ${c.text.contextLength} leaves no room ` +
+        `for a single token between the start and end tokens: every text would embed the same ` +
+        `(CLIP uses 77)`,
+    );
+  }
+  if (c.embedDim < 2) {
+    throw new Error(
+      `${c.name}: embedDim ${c.embedDim}: every L2-normalised embedding would be +1 or -1`,
+    );
+  }
   if (c.activation !== "gelu" && c.activation !== "quick_gelu") {
     throw new Error(`${c.name}: activation must be "gelu" or "quick_gelu", got ${c.activation}`);
   }
-  if (!(c.layerNormEps > 0)) throw new Error(`${c.name}: layerNormEps must be > 0`);
+  if (!(c.layerNormEps > 0 && Number.isFinite(c.layerNormEps))) {
+    throw new Error(`${c.name}: layerNormEps must be a finite number > 0`);
+  }
   for (const [k, v] of [["mean", c.mean], ["std", c.std]] as const) {
     if (!Array.isArray(v) || v.length !== 3 || !v.every((x) => Number.isFinite(x))) {
       throw new Error(`${c.name}: ${k} must be three numbers`);
@@ -402,6 +436,7 @@ export function configToJson(c: ClipConfig): string {
 export async function loadConfigFile(path: string): Promise<ClipConfig> {
   let text: string;
   try {
+    await checkInputFile(path); // a FIFO named *.json would block the read forever
     text = await Deno.readTextFile(path);
   } catch (e) {
     throw new Error(`cannot read CLIP config ${path}: ${(e as Error).message}`);

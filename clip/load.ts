@@ -18,7 +18,7 @@
  * both names and both shapes.
  */
 import { writeTensor } from "../nn/ops/inplace.ts";
-import { SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
+import { assertFinite, SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
 import type { Tensor } from "../nn/tensor.ts";
 import {
   type ClipConfig,
@@ -30,6 +30,7 @@ import {
 import { loraStateDict } from "../nn/lora.ts";
 import { ClipModel, type ClipModelOptions } from "./model.ts";
 import { TorchCheckpoint, type TorchTensorRef } from "../nn/formats/torch.ts";
+import { checkInputFile } from "../nn/formats/input_file.ts";
 
 // ---- reading tensors -------------------------------------------------------------------------
 
@@ -41,7 +42,10 @@ export interface TensorSource {
   readonly shapes: ReadonlyMap<string, readonly number[]>;
   /** String metadata (safetensors `__metadata__`; empty for torch files). */
   readonly metadata: Readonly<Record<string, string>>;
-  /** The values of `name` as float32 (f16 / bf16 / f64 converted). Throws for integer tensors. */
+  /**
+   * The values of `name` as float32 (f16 / bf16 / f64 converted). Throws for integer tensors and
+   * for values that are NaN or infinite (naming the tensor).
+   */
   readFloat32(name: string): Promise<Float32Array>;
   close(): void;
 }
@@ -57,9 +61,9 @@ export const CHECKPOINT_FILE_NAMES = [
 async function resolveFile(path: string): Promise<string> {
   let info: Deno.FileInfo;
   try {
-    info = await Deno.stat(path);
+    info = await checkInputFile(path, { allowFolder: true });
   } catch (e) {
-    throw new Error(`cannot open checkpoint ${path}: ${(e as Error).message}`);
+    throw new Error(`cannot open checkpoint ${(e as Error).message}`);
   }
   if (!info.isDirectory) return path;
   for (const name of CHECKPOINT_FILE_NAMES) {
@@ -78,21 +82,59 @@ function stripModulePrefix<T>(names: Map<string, T>): Map<string, string> {
   return new Map(all.map((n) => [ddp ? n.slice("module.".length) : n, n]));
 }
 
+/** Why a file that is not a torch zip does not open as safetensors, said as plainly as we can. */
+function unreadableCheckpoint(file: string, head: Uint8Array, size: number, e: Error): Error {
+  const reason = e.message.startsWith(`${file}: `) ? e.message.slice(file.length + 2) : e.message;
+  if (size === 0) return new Error(`${file}: the checkpoint file is empty`);
+  const hex = Array.from(head.subarray(0, 8), (b) => b.toString(16).padStart(2, "0")).join(" ");
+  // A safetensors file starts with a little-endian header length, then `{`.
+  if (size >= 9 && head[8] === 0x7b) {
+    return new Error(`${file}: a corrupt or truncated safetensors file: ${reason}`);
+  }
+  const known: [number[], string][] = [
+    [[0x1f, 0x8b], "a gzip file (decompress it first)"],
+    [[0x89, 0x48, 0x44, 0x46], "an HDF5 file (Keras / TensorFlow weights?)"],
+    [[0x47, 0x47, 0x55, 0x46], "a GGUF file"],
+    [[0x93, 0x4e, 0x55, 0x4d, 0x50, 0x59], "a NumPy .npy file"],
+  ];
+  for (const [magic, what] of known) {
+    if (magic.every((b, i) => head[i] === b)) {
+      return new Error(
+        `${file}: ${what}, not a checkpoint this tool reads (safetensors or torch.save zip)`,
+      );
+    }
+  }
+  return new Error(
+    `${file}: not a checkpoint this tool reads: no torch.save zip signature, and not safetensors ` +
+      `(${reason}; first bytes ${hex})`,
+  );
+}
+
 /**
  * Open a checkpoint for lazy reading: a safetensors file, a `torch.save` zip, or a directory
  * holding one of {@link CHECKPOINT_FILE_NAMES}. The format is detected from the file's first
- * bytes (zip magic `PK` = torch), not its name. Throws naming the file when it is neither.
+ * bytes (zip magic `PK` = torch, a pickle opcode = a legacy torch.save), not its name. Throws
+ * naming the file and what is wrong with it (a corrupt safetensors header, the legacy torch
+ * format, another known format, ...). `readFloat32` throws for a tensor holding NaN or Inf.
  */
 export async function openTensorSource(path: string): Promise<TensorSource> {
   const file = await resolveFile(path);
-  const head = new Uint8Array(4);
+  const head = new Uint8Array(16);
   const f = await Deno.open(file, { read: true });
+  let size: number;
   try {
-    await f.read(head);
+    size = (await f.stat()).size;
+    let got = 0;
+    while (got < head.length) {
+      const n = await f.read(head.subarray(got));
+      if (n === null) break;
+      got += n;
+    }
   } finally {
     f.close();
   }
-  if (head[0] === 0x50 && head[1] === 0x4b) {
+  const pickle = head[0] === 0x80 && head[1] >= 2 && head[1] <= 5;
+  if ((head[0] === 0x50 && head[1] === 0x4b) || pickle) {
     const ckpt = await TorchCheckpoint.open(file);
     try {
       const refs = ckpt.tensors();
@@ -116,7 +158,7 @@ export async function openTensorSource(path: string): Promise<TensorSource> {
           if (!(t.data instanceof Float32Array)) {
             throw new Error(`${file}: tensor "${name}" has dtype ${t.dtype}, not a float type`);
           }
-          return t.data;
+          return assertFinite(file, name, t.data);
         },
         close: () => ckpt.close(),
       };
@@ -129,9 +171,7 @@ export async function openTensorSource(path: string): Promise<TensorSource> {
   try {
     st = await SafetensorsFile.open(file);
   } catch (e) {
-    throw new Error(
-      `${file}: neither a torch.save zip nor a safetensors file (${(e as Error).message})`,
-    );
+    throw unreadableCheckpoint(file, head, size, e as Error);
   }
   const entries = st.entries();
   const names = stripModulePrefix(entries);
@@ -140,10 +180,10 @@ export async function openTensorSource(path: string): Promise<TensorSource> {
     format: "safetensors",
     shapes: new Map([...names].map(([n, stored]) => [n, entries.get(stored)!.shape])),
     metadata: st.metadata,
-    readFloat32: (name) => {
+    readFloat32: async (name) => {
       const stored = names.get(name);
       if (stored === undefined) throw new Error(`${file}: no tensor named "${name}"`);
-      return st.readFloat32(stored);
+      return assertFinite(file, name, await st.readFloat32(stored));
     },
     close: () => st.close(),
   };

@@ -17,6 +17,8 @@ import { mul } from "../nn/ops/elementwise.ts";
 import { Rng, type Tensor, tensor } from "../nn/tensor.ts";
 import { eotPositions } from "./tokenizer.ts";
 import { type ClipConfig, validateConfig } from "./config.ts";
+import { checkClipConfigFits } from "./config_check.ts";
+import { gpu } from "../kernels/device.ts";
 import type { LoraHost, LoraSite } from "../nn/lora.ts";
 import { TextTransformer } from "./text.ts";
 import { VisionTransformer } from "./vision.ts";
@@ -38,10 +40,17 @@ export class ClipModel extends Module implements LoraHost {
   /** log of the logit scale (a scalar), initialised to log(1 / 0.07) as in CLIP. */
   logit_scale: Tensor;
 
-  /** A randomly initialised model of `config` (validated first). */
+  /**
+   * A randomly initialised model of `config`, validated first and checked against the adapter's
+   * largest buffer and the host's memory ({@link checkClipConfigFits}) before anything is
+   * allocated. Needs `init()`.
+   */
   constructor(config: ClipConfig, opts: ClipModelOptions = {}) {
     super();
     validateConfig(config);
+    // Allocation limits only: a tensor above the binding limit can exist, it just cannot run
+    // (callers that know which tower runs check that: cli/embed.ts).
+    checkClipConfigFits(config, { maxBufferSize: gpu().adapter.limits.maxBufferSize });
     this.config = structuredClone(config);
     const rng = new Rng(opts.seed ?? 0);
     const eps = config.layerNormEps;

@@ -8,8 +8,14 @@
  * scale factor when downscaling (so it antialiases), coefficients normalised per output pixel
  * and quantised to 22 fractional bits, a horizontal pass then a vertical pass, each rounding and
  * clipping to uint8. Output sizes and crop offsets follow torchvision's rules.
+ *
+ * The resize + centre crop of {@link preprocessImage} computes only the pixels the crop keeps
+ * ({@link resizeShortSideCenterCrop}): every output pixel of PIL's resampler depends only on its
+ * own coordinate, so this is bit-identical to resizing the whole image and cropping, and the work
+ * and memory stay bounded by the crop whatever the aspect ratio (a 1x50000 image would otherwise
+ * be resized to 224x11,200,000 first).
  */
-import { assertRgbImage, type DecodedImage } from "../nn/formats/image.ts";
+import { assertRgbImage, type DecodedImage, MAX_IMAGE_PIXELS } from "../nn/formats/image.ts";
 
 /** OpenAI CLIP's normalisation mean (R, G, B), as in its `_transform`. */
 export const OPENAI_CLIP_MEAN: readonly [number, number, number] = [
@@ -67,19 +73,21 @@ interface Coefficients {
 
 /**
  * PIL's `precompute_coeffs` + `normalize_coeffs_8bpc` for resizing an axis of `inSize` pixels
- * (the whole axis, box [0, inSize]) to `outSize` pixels.
+ * (the whole axis, box [0, inSize]) to `outSize` pixels, for the `n` output pixels from `first`
+ * on (slot i of the result is output pixel `first + i`).
  */
-function coefficients(inSize: number, outSize: number): Coefficients {
+function coefficients(inSize: number, outSize: number, first = 0, n = outSize): Coefficients {
   const scale = inSize / outSize;
   const filterScale = Math.max(scale, 1);
   const support = BICUBIC_SUPPORT * filterScale;
   const ksize = Math.ceil(support) * 2 + 1;
-  const weights = new Int32Array(outSize * ksize);
-  const start = new Int32Array(outSize);
-  const count = new Int32Array(outSize);
+  const weights = new Int32Array(n * ksize);
+  const start = new Int32Array(n);
+  const count = new Int32Array(n);
   const k = new Float64Array(ksize);
   const ss = 1 / filterScale;
-  for (let xx = 0; xx < outSize; xx++) {
+  for (let i = 0; i < n; i++) {
+    const xx = first + i;
     const center = (xx + 0.5) * scale;
     // C's (int) cast truncates toward zero; the clamps make the sign irrelevant.
     let xmin = Math.trunc(center - support + 0.5);
@@ -96,10 +104,10 @@ function coefficients(inSize: number, outSize: number): Coefficients {
     for (let x = 0; x < xmax; x++) {
       const w = ww !== 0 ? k[x] / ww : k[x];
       // Round half away from zero to 22 fractional bits, as PIL does.
-      weights[xx * ksize + x] = w < 0 ? Math.trunc(-0.5 + w * ONE) : Math.trunc(0.5 + w * ONE);
+      weights[i * ksize + x] = w < 0 ? Math.trunc(-0.5 + w * ONE) : Math.trunc(0.5 + w * ONE);
     }
-    start[xx] = xmin;
-    count[xx] = xmax;
+    start[i] = xmin;
+    count[i] = xmax;
   }
   return { weights, start, count, ksize };
 }
@@ -110,47 +118,99 @@ function clip8(acc: number): number {
   return v < 0 ? 0 : v > 255 ? 255 : v;
 }
 
+/** A rectangle of pixels: left/top corner and size. */
+export interface PixelBox {
+  /** First column. */
+  left: number;
+  /** First row. */
+  top: number;
+  /** Columns. */
+  width: number;
+  /** Rows. */
+  height: number;
+}
+
 /**
  * Resizes an RGB image to exactly `outWidth` x `outHeight` like PIL's
  * `Image.resize((outWidth, outHeight), Image.BICUBIC)` (bit-exact on uint8 RGB): a horizontal
  * pass (only when the width changes) over the rows the vertical pass needs, then a vertical pass
  * (only when the height changes), each rounding and clipping to uint8.
- * @throws RangeError for a malformed image or a non-positive / non-integer output size.
+ * @throws RangeError for a malformed image, a non-positive / non-integer output size, or an
+ * output of more than MAX_IMAGE_PIXELS pixels (resize a window with {@link resizeBicubicWindow}).
  */
 export function resizeBicubic(
   img: DecodedImage,
   outWidth: number,
   outHeight: number,
 ): DecodedImage {
+  if (outWidth * outHeight > MAX_IMAGE_PIXELS) {
+    throw new RangeError(
+      `resizeBicubic: a ${outWidth}x${outHeight} output is more than the ${MAX_IMAGE_PIXELS} ` +
+        `pixels allowed; resize only the window you need (resizeBicubicWindow)`,
+    );
+  }
+  return resizeBicubicWindow(img, outWidth, outHeight, {
+    left: 0,
+    top: 0,
+    width: outWidth,
+    height: outHeight,
+  });
+}
+
+/**
+ * The pixels `box` of the image PIL's bicubic resize to `outWidth` x `outHeight` would give
+ * (bit-exact with {@link resizeBicubic} followed by a crop), computing only those pixels: the
+ * work and memory are bounded by the box and the source rows it needs, not by the full output.
+ * @throws RangeError for a malformed image, a bad output size, or a box outside the output.
+ */
+export function resizeBicubicWindow(
+  img: DecodedImage,
+  outWidth: number,
+  outHeight: number,
+  box: PixelBox,
+): DecodedImage {
   assertRgbImage(img, "resizeBicubic input");
   if (
-    !Number.isInteger(outWidth) || !Number.isInteger(outHeight) || outWidth <= 0 || outHeight <= 0
+    !Number.isSafeInteger(outWidth) || !Number.isSafeInteger(outHeight) || outWidth <= 0 ||
+    outHeight <= 0
   ) {
     throw new RangeError(
       `resizeBicubic: output size must be positive integers, got ${outWidth}x${outHeight}`,
     );
   }
+  const { left, top, width: bw, height: bh } = box;
+  if (
+    ![left, top, bw, bh].every(Number.isSafeInteger) || left < 0 || top < 0 || bw <= 0 ||
+    bh <= 0 || left + bw > outWidth || top + bh > outHeight
+  ) {
+    throw new RangeError(
+      `resizeBicubicWindow: box ${bw}x${bh} at (${left}, ${top}) is not inside the ` +
+        `${outWidth}x${outHeight} output`,
+    );
+  }
   const { width: inW, height: inH } = img;
   if (inW === outWidth && inH === outHeight) {
-    return { width: inW, height: inH, data: img.data.slice() };
+    if (bw === inW && bh === inH) return { width: inW, height: inH, data: img.data.slice() };
+    return cropRgb(img, box);
   }
-  const vert = coefficients(inH, outHeight);
-  // Rows of the source the vertical pass reads.
-  const firstRow = vert.start[0];
-  const lastRow = vert.start[outHeight - 1] + vert.count[outHeight - 1];
+  const vert = coefficients(inH, outHeight, top, bh);
+  // Rows of the source the vertical pass reads (all of the box's rows when it does not run).
+  const firstRow = outHeight === inH ? top : vert.start[0];
+  const lastRow = outHeight === inH ? top + bh : vert.start[bh - 1] + vert.count[bh - 1];
 
   let src = img.data;
   let srcRowOffset = 0; // row index in `src` of source row `firstRow`
   let curW = inW;
+  let colOffset = left; // column of `src` holding output column `left`
   if (outWidth !== inW) {
-    const hor = coefficients(inW, outWidth);
+    const hor = coefficients(inW, outWidth, left, bw);
     const rows = lastRow - firstRow;
-    const tmp = new Uint8Array(outWidth * rows * 3);
+    const tmp = new Uint8Array(bw * rows * 3);
     const { weights, start, count, ksize } = hor;
     for (let y = 0; y < rows; y++) {
       const rowIn = (y + firstRow) * inW * 3;
-      const rowOut = y * outWidth * 3;
-      for (let xx = 0; xx < outWidth; xx++) {
+      const rowOut = y * bw * 3;
+      for (let xx = 0; xx < bw; xx++) {
         let r = HALF, g = HALF, b = HALF;
         const kOff = xx * ksize;
         let p = rowIn + start[xx] * 3;
@@ -169,28 +229,41 @@ export function resizeBicubic(
     }
     src = tmp;
     srcRowOffset = firstRow;
-    curW = outWidth;
+    curW = bw;
+    colOffset = 0;
   }
   if (outHeight === inH) {
-    // Only the width changed: the horizontal pass covered every row.
-    return { width: outWidth, height: outHeight, data: src };
+    // Only the width changed: the horizontal pass covered exactly the box's rows.
+    return { width: bw, height: bh, data: src };
   }
-  const out = new Uint8Array(outWidth * outHeight * 3);
+  const out = new Uint8Array(bw * bh * 3);
   const { weights, start, count, ksize } = vert;
   const stride = curW * 3;
-  for (let yy = 0; yy < outHeight; yy++) {
+  const x0 = colOffset * 3;
+  const rowLen = bw * 3;
+  for (let yy = 0; yy < bh; yy++) {
     const kOff = yy * ksize;
-    const y0 = (start[yy] - srcRowOffset) * stride;
+    const y0 = (start[yy] - srcRowOffset) * stride + x0;
     const n = count[yy];
-    const rowOut = yy * outWidth * 3;
-    for (let i = 0; i < stride; i++) {
+    const rowOut = yy * rowLen;
+    for (let i = 0; i < rowLen; i++) {
       let acc = HALF;
       let p = y0 + i;
       for (let y = 0; y < n; y++, p += stride) acc += src[p] * weights[kOff + y];
       out[rowOut + i] = clip8(acc);
     }
   }
-  return { width: outWidth, height: outHeight, data: out };
+  return { width: bw, height: bh, data: out };
+}
+
+/** The pixels `box` (inside the image) of an RGB image, copied. */
+function cropRgb(img: DecodedImage, box: PixelBox): DecodedImage {
+  const out = new Uint8Array(box.width * box.height * 3);
+  for (let y = 0; y < box.height; y++) {
+    const from = ((box.top + y) * img.width + box.left) * 3;
+    out.set(img.data.subarray(from, from + box.width * 3), y * box.width * 3);
+  }
+  return { width: box.width, height: box.height, data: out };
 }
 
 /**
@@ -318,14 +391,31 @@ export function toNormalizedCHW(
 }
 
 /**
+ * `Resize(size, BICUBIC)` then `CenterCrop(size)`, computing only the cropped pixels
+ * ({@link resizeBicubicWindow}): bit-identical to {@link resizeShortSideBicubic} followed by
+ * {@link centerCrop}, with work and memory bounded by `size` whatever the aspect ratio.
+ * @throws RangeError for a malformed image or a bad size.
+ */
+export function resizeShortSideCenterCrop(img: DecodedImage, size: number): DecodedImage {
+  assertRgbImage(img, "resizeShortSideCenterCrop input");
+  const out = shortSideSize(img.width, img.height, size);
+  // The short side is `size` and the long side at least `size`: the crop lies inside.
+  const { top, left } = centerCropOffsets(out.width, out.height, size, size);
+  return resizeBicubicWindow(img, out.width, out.height, {
+    left,
+    top,
+    width: size,
+    height: size,
+  });
+}
+
+/**
  * The whole CLIP image transform: {@link resizeShortSideBicubic} to `size`, {@link centerCrop}
- * to `size` x `size`, {@link toNormalizedCHW}. Returns Float32Array [3, size, size].
- * Defaults: size 224, OpenAI CLIP mean/std.
+ * to `size` x `size` (both at once, {@link resizeShortSideCenterCrop}), {@link toNormalizedCHW}.
+ * Returns Float32Array [3, size, size]. Defaults: size 224, OpenAI CLIP mean/std.
  * @throws RangeError for a malformed image or bad options.
  */
 export function preprocessImage(img: DecodedImage, options: PreprocessOptions = {}): Float32Array {
   const { size = 224, mean = OPENAI_CLIP_MEAN, std = OPENAI_CLIP_STD } = options;
-  const resized = resizeShortSideBicubic(img, size);
-  const cropped = centerCrop(resized, size);
-  return toNormalizedCHW(cropped, mean, std);
+  return toNormalizedCHW(resizeShortSideCenterCrop(img, size), mean, std);
 }

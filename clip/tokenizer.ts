@@ -28,6 +28,7 @@
  * after Unicode 14 may be classified differently; see clip/ftfy.ts for the ftfy details.
  */
 
+import { checkInputFile } from "../nn/formats/input_file.ts";
 import { fixText, PY_SPACE } from "./ftfy.ts";
 import { htmlUnescape } from "./html_entities.ts";
 
@@ -167,9 +168,10 @@ export class ClipTokenizer {
   static async load(path: string): Promise<ClipTokenizer> {
     let info: Deno.FileInfo;
     try {
-      info = await Deno.stat(path);
+      // Folders and regular files only: a FIFO or a device would block the read forever.
+      info = await checkInputFile(path, { allowFolder: true });
     } catch (e) {
-      throw new Error(`ClipTokenizer.load: cannot read ${path}: ${(e as Error).message}`);
+      throw new Error(`ClipTokenizer.load: cannot read ${(e as Error).message}`);
     }
     if (info.isDirectory) {
       const vocabPath = `${path}/vocab.json`;

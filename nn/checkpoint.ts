@@ -5,6 +5,7 @@
 import { writeTensor } from "./ops/inplace.ts";
 import { checkStateShapes, type LoadResult, type Module } from "./module.ts";
 import {
+  assertFinite,
   SafetensorsFile,
   type SafetensorsTensor,
   writeSafetensors,
@@ -48,7 +49,8 @@ export interface LoadModuleResult extends LoadResult {
  * Load `path` (safetensors) into `module`'s parameters and buffers, by name. Every name and shape
  * is checked against the file's header before any data is read: a shape mismatch throws naming
  * the file, the tensor and both shapes; with `strict` (default) so does a missing or unexpected
- * name. F16, BF16 and F64 are converted to float32; I32 and I64 load into int32 buffers. With
+ * name. F16, BF16 and F64 are converted to float32 (a NaN or infinite value throws, naming the
+ * tensor); I32 and I64 load into int32 buffers. With
  * `strict: false` the result lists what was missing and unexpected.
  */
 export async function loadModule(
@@ -71,7 +73,7 @@ export async function loadModule(
       const e = entries.get(name);
       if (!e) continue;
       let data: Float32Array | Int32Array;
-      if (t.dtype === "float32") data = await file.readFloat32(name);
+      if (t.dtype === "float32") data = assertFinite(path, name, await file.readFloat32(name));
       else if (e.dtype === "I32") data = new Int32Array((await file.read(name)).buffer);
       else if (e.dtype === "I64") {
         const wide = new BigInt64Array((await file.read(name)).buffer);

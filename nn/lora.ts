@@ -18,6 +18,7 @@ import { embedding } from "./ops/embedding.ts";
 import { add, map, scale } from "./ops/elementwise.ts";
 import { copyInto, writeTensor } from "./ops/inplace.ts";
 import { matmul } from "./ops/matmul.ts";
+import { dropout } from "./ops/nn.ts";
 import { transpose } from "./ops/shape.ts";
 import { rand, Rng, type Tensor, zeros } from "./tensor.ts";
 import { SafetensorsFile, writeSafetensors } from "./formats/safetensors.ts";
@@ -69,6 +70,13 @@ export interface LoraOptions {
   filter?: (site: LoraSite) => boolean;
   /** Freeze every base parameter of the model (default true). */
   freezeBase?: boolean;
+  /**
+   * Dropout on the adapter's input in training mode (default 0), as PEFT's `lora_dropout`:
+   * `y + s B A dropout(x)`; Linear hosts only (PEFT applies none to embeddings). The mask is
+   * drawn from {@link LoraAdapter.dropoutSeed}, which a trainer sets per step so that a resumed
+   * run draws the same masks.
+   */
+  dropout?: number;
 }
 
 /** `y + s * u` with gradients to both (one kernel instead of scale + add). */
@@ -101,6 +109,10 @@ export class LoraAdapter extends Module implements LayerAdapter {
   lora_A: Tensor;
   /** Parameter `lora_B` [out, r], the up-projection (starts at zero). */
   lora_B: Tensor;
+  /** Dropout probability on the input in training mode (0: none). */
+  readonly dropout: number;
+  /** Seed of the next dropout mask (a trainer sets it per step). */
+  dropoutSeed = 0;
 
   /**
    * An adapter for a host of `kind` mapping `inFeatures` to `outFeatures`. Throws RangeError
@@ -118,6 +130,9 @@ export class LoraAdapter extends Module implements LayerAdapter {
       throw new RangeError(`LoRA rank must be a positive integer, got ${rank}`);
     }
     if (!Number.isFinite(alpha)) throw new RangeError(`LoRA alpha must be finite, got ${alpha}`);
+    const p = opts.dropout ?? 0;
+    if (!(p >= 0 && p < 1)) throw new RangeError(`LoRA dropout must be in [0, 1), got ${p}`);
+    this.dropout = p;
     this.rank = rank;
     this.alpha = alpha;
     this.kind = kind;
@@ -144,7 +159,10 @@ export class LoraAdapter extends Module implements LayerAdapter {
       if (x.shape[x.rank - 1] !== this.inFeatures) {
         throw new RangeError(`LoRA(${this.inFeatures} -> ${this.outFeatures}): input is ${x}`);
       }
-      low = matmul(x, this.lora_A, { transposeB: true });
+      const xin = this.dropout > 0 && this.training
+        ? dropout(x, this.dropout, { seed: this.dropoutSeed })
+        : x;
+      low = matmul(xin, this.lora_A, { transposeB: true });
     }
     const up = matmul(low, this.lora_B, { transposeB: true });
     if (up.rank !== y.rank || up.shape.some((d, i) => d !== y.shape[i])) {

@@ -26,6 +26,7 @@ import {
   sumSquaresKernel,
 } from "../kernels/optim.ts";
 import { empty, keep, type Tensor, zeros } from "./tensor.ts";
+import { writeTensor } from "./ops/inplace.ts";
 
 /** An optimiser's state for one parameter. */
 export interface ParamState {
@@ -89,6 +90,46 @@ export abstract class Optimizer {
       s.step++;
       this.update(p, p.grad, s.tensors, s.step);
     }
+  }
+
+  /**
+   * The state of parameter `p`: its update count and state tensors (SGD: momentum; Adam: m, v),
+   * or undefined before its first update. The tensors are the optimiser's own: read, don't keep.
+   */
+  getState(p: Tensor): Readonly<ParamState> | undefined {
+    return this.state.get(p);
+  }
+
+  /**
+   * Restore parameter `p`'s state (for resuming): its update count and the values of its state
+   * tensors, in {@link getState}'s order. Throws naming the parameter when `p` is not one of
+   * this optimiser's or the values do not fit.
+   */
+  setState(p: Tensor, step: number, values: Float32Array[]): void {
+    if (!this.params.includes(p)) {
+      throw new Error(`setState: ${p} is not updated by this optimiser`);
+    }
+    if (!Number.isInteger(step) || step < 0) {
+      throw new RangeError(`setState: ${p}: step must be a non-negative integer, got ${step}`);
+    }
+    const fresh = this.initState(p);
+    if (values.length !== fresh.length) {
+      fresh.forEach((t) => t.dispose());
+      throw new Error(
+        `setState: ${p}: ${values.length} state arrays, the optimiser keeps ${fresh.length}`,
+      );
+    }
+    fresh.forEach((t, i) => {
+      if (values[i].length !== t.size) {
+        fresh.forEach((f) => f.dispose());
+        throw new Error(
+          `setState: ${p}: state ${i} has ${values[i].length} values, expected ${t.size}`,
+        );
+      }
+    });
+    fresh.forEach((t, i) => writeTensor(t, values[i]));
+    this.state.get(p)?.tensors.forEach((t) => t.dispose());
+    this.state.set(p, { tensors: fresh.map((t) => keep(t)), step });
   }
 
   /** Release every parameter's gradient (call after `step()`). */

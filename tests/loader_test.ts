@@ -47,14 +47,15 @@ async function makeFolder(dir: string): Promise<void> {
   }
 }
 
-async function collect(loader: DataLoader, epoch = 0): Promise<CpuBatch[]> {
+async function collect(loader: DataLoader, epoch = 0, from = 0): Promise<CpuBatch[]> {
   const out: CpuBatch[] = [];
-  for await (const b of loader.cpuBatches(epoch)) {
+  for await (const b of loader.cpuBatches(epoch, from)) {
     out.push({
       images: b.images.slice(),
       labels: b.labels.slice(),
       indices: b.indices.slice(),
       size: b.size,
+      end: b.end,
     });
   }
   return out;
@@ -113,6 +114,29 @@ Deno.test("loader: every sample is exactly the CLIP preprocessing of its file, i
       assert.equal(loader.numBatches, 5);
     } finally {
       await loader.close();
+    }
+    // A resumed epoch: from a batch's end position, the rest of the epoch, batch for batch.
+    assert.deepEqual(a.map((b) => b.end), [5, 10, 15, 20, 23]);
+    const resumed = new DataLoader(split, opts);
+    try {
+      assert.deepEqual(await collect(resumed, 0, a[1].end), a.slice(2));
+      await assert.rejects(collect(resumed, 0, 24), /start position 24 not in \[0, 23\]/);
+    } finally {
+      await resumed.close();
+    }
+    // Epochs after the first come from the in-memory cache: identical to decoding again.
+    const cached = new DataLoader(split, opts),
+      uncached = new DataLoader(split, {
+        ...opts,
+        cacheBytes: 0,
+      });
+    try {
+      for (const e of [0, 1, 2]) {
+        assert.deepEqual(await collect(cached, e), await collect(uncached, e), `epoch ${e}`);
+      }
+    } finally {
+      await cached.close();
+      await uncached.close();
     }
     const other = await load(split, { ...opts, seed: 6 });
     assert.notDeepEqual(other.flatMap((b) => [...b.indices]), order);

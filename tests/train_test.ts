@@ -5,11 +5,35 @@
 import assert from "node:assert/strict";
 import { gpuTest } from "./util.ts";
 import { backward } from "../nn/autograd.ts";
-import { MLP } from "../nn/layers.ts";
-import { TinyTransformer } from "../cli/demo.ts";
+import { Embedding, LayerNorm, Linear, MLP, TransformerBlock } from "../nn/layers.ts";
+import { Module } from "../nn/module.ts";
+import { add, mean } from "../nn/ops/index.ts";
 import { crossEntropy } from "../nn/ops/nn.ts";
 import { Adam, AdamW, clipGradNorm, cosineSchedule, type Optimizer } from "../nn/optim.ts";
-import { Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
+import { randn, Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
+
+/** Token embedding + learned positions -> one pre-norm block -> LayerNorm -> mean -> Linear. */
+class TinyTransformer extends Module {
+  tok: Embedding;
+  pos: Tensor;
+  block: TransformerBlock;
+  lnFinal: LayerNorm;
+  head: Linear;
+  constructor(vocab: number, T: number, d: number, heads: number, classes: number, seed: number) {
+    super();
+    const rng = new Rng(seed);
+    this.tok = new Embedding(vocab, d, { rng });
+    this.pos = this.param("pos", randn([T, d], { rng, std: 0.1 }));
+    this.block = new TransformerBlock(d, heads, { rng });
+    this.lnFinal = new LayerNorm(d);
+    this.head = new Linear(d, classes, { rng });
+  }
+  /** ids [B, T] -> logits [B, classes]. */
+  forward(ids: Tensor): Tensor {
+    const h = this.block.forward(add(this.tok.forward(ids), this.pos));
+    return this.head.forward(mean(this.lnFinal.forward(h), 1));
+  }
+}
 
 /**
  * Run `steps` full-batch steps of `lossOf` with `opt`, one tidy() each; returns the loss before

@@ -6,6 +6,9 @@
  */
 import { inflateSync } from "node:zlib";
 import type { H5File } from "./hdf5.ts";
+
+/** Deflate's best compression ratio (258-byte matches in 2-bit codes): about 1032:1. */
+const MAX_DEFLATE_RATIO = 1032;
 import {
   bad,
   checkFletcher32,
@@ -95,6 +98,38 @@ export class H5Dataset {
       if (layout.size < need) {
         bad(`dataset "${name}": contiguous storage of ${layout.size} bytes < ${need}`);
       }
+    }
+    this.checkShapeAgainstFile();
+  }
+
+  /**
+   * Refuses a shape the file cannot hold, before any read allocates for it: a 1 KB file that
+   * declares 10^9 rows is corrupt (or hostile), and reading it would allocate gigabytes of fill
+   * values first. Bound: the file's size, times deflate's best ratio (1032:1) when the data is
+   * compressed. A dataset whose chunks were never written is refused by the same rule.
+   */
+  private checkShapeAgainstFile(): void {
+    const L = this.layout;
+    const bytes = this.numel() * this.dtype.size;
+    const shape = `[${this.shape.join(", ")}]`;
+    if (!Number.isSafeInteger(bytes)) {
+      bad(`dataset "${this.name}": shape ${shape} is too large to address`);
+    }
+    if (L.kind === "compact") {
+      if (L.data.length < bytes) {
+        bad(`dataset "${this.name}": compact data of ${L.data.length} bytes for shape ${shape}`);
+      }
+      return;
+    }
+    const deflate = L.kind === "chunked" && this.filters.some((f) => f.id === 1);
+    const cap = this.file.fileSize * (deflate ? MAX_DEFLATE_RATIO : 1);
+    if (bytes > cap) {
+      bad(
+        `dataset "${this.name}" declares shape ${shape} (${bytes} bytes) but the ` +
+          `${this.file.fileSize}-byte file can hold at most ${cap} bytes of it` +
+          (deflate ? ` (deflate compresses at most ${MAX_DEFLATE_RATIO}:1)` : "") +
+          ": the shape is corrupt, the file truncated, or the data never written",
+      );
     }
   }
 

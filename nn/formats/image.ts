@@ -16,11 +16,13 @@
  * not applied.
  */
 import { DecodeFailure } from "./image_common.ts";
+import { type ImageHeader, probeHeader } from "./image_probe.ts";
 import { decodeJpeg } from "./jpeg.ts";
 import { decodePng } from "./png.ts";
 import { decodeTiff } from "./tiff.ts";
 
 export { MAX_IMAGE_PIXELS } from "./image_common.ts";
+export { GRAY16_NOTE, type ImageHeader, type ProbedFormat } from "./image_probe.ts";
 
 /**
  * An 8-bit RGB image: `data[(y * width + x) * 3 + c]`, row-major HWC, c = 0 (R), 1 (G), 2 (B).
@@ -127,15 +129,68 @@ export function decodeImage(bytes: Uint8Array, path: string): DecodedImage {
 
 /**
  * Reads a file and decodes it with {@link decodeImage}.
- * @throws ImageDecodeError when the file cannot be read (reason names the OS error) or decoded.
+ * @throws ImageDecodeError when the file cannot be read (reason names the OS error; a FIFO,
+ * device or folder is refused without being opened) or decoded.
  */
 export async function readImage(path: string): Promise<DecodedImage> {
   let bytes: Uint8Array;
   try {
+    // Never open a FIFO or a device: reading one blocks or never ends.
+    const st = await Deno.stat(path);
+    if (!st.isFile) {
+      throw new Error(st.isDirectory ? "a folder" : "not a regular file (FIFO, device or socket)");
+    }
     bytes = await Deno.readFile(path);
   } catch (err) {
-    const msg = err instanceof Error ? err.message : String(err);
+    const link = err instanceof Deno.errors.NotFound &&
+      await Deno.lstat(path).then((l) => l.isSymlink).catch(() => false);
+    const msg = link ? "a broken symbolic link" : err instanceof Error ? err.message : String(err);
     throw new ImageDecodeError(path, `cannot read the file (${msg})`, { cause: err });
   }
   return decodeImage(bytes, path);
+}
+
+/**
+ * The format, size and sample layout of an image file from its headers only (a few kilobytes
+ * read; nothing decoded), with a `note` when the conversion to RGB will surprise (16-bit
+ * grayscale). Cheap enough to run over every input before any expensive work.
+ * @throws ImageDecodeError naming the file: not a regular file (a FIFO would block), a broken
+ * link, empty, an unknown format, headers that are corrupt, an image too large, or a PNG too
+ * short for the pixels its header claims.
+ */
+export async function probeImage(path: string): Promise<ImageHeader> {
+  let file: Deno.FsFile;
+  let size: number;
+  try {
+    const st = await Deno.stat(path);
+    if (!st.isFile) {
+      throw new Error(st.isDirectory ? "a folder" : "not a regular file (FIFO, device or socket)");
+    }
+    size = st.size;
+    file = await Deno.open(path, { read: true });
+  } catch (err) {
+    const link = err instanceof Deno.errors.NotFound &&
+      await Deno.lstat(path).then((l) => l.isSymlink).catch(() => false);
+    const msg = link ? "a broken symbolic link" : err instanceof Error ? err.message : String(err);
+    throw new ImageDecodeError(path, `cannot read the file (${msg})`, { cause: err });
+  }
+  try {
+    return await probeHeader(async (offset, len) => {
+      const buf = new Uint8Array(Math.max(0, Math.min(len, size - offset)));
+      if (offset < 0 || buf.length === 0) return new Uint8Array(0);
+      await file.seek(offset, Deno.SeekMode.Start);
+      let got = 0;
+      while (got < buf.length) {
+        const n = await file.read(buf.subarray(got));
+        if (n === null) break;
+        got += n;
+      }
+      return buf.subarray(0, got);
+    }, size);
+  } catch (err) {
+    if (err instanceof DecodeFailure) throw new ImageDecodeError(path, err.message);
+    throw new ImageDecodeError(path, `cannot read the file (${(err as Error).message})`);
+  } finally {
+    file.close();
+  }
 }

@@ -4,6 +4,7 @@
  */
 import { decode as decodePngLib } from "fast-png";
 import { checkSize, fail, unpackBits } from "./image_common.ts";
+import { pngHeader } from "./image_probe.ts";
 import type { DecodedImage } from "./image.ts";
 
 const PNG_DEPTHS: Record<number, number[]> = {
@@ -16,8 +17,10 @@ const PNG_DEPTHS: Record<number, number[]> = {
 
 /** Decodes PNG bytes to 8-bit RGB. Raises DecodeFailure for corrupt or unsupported input. */
 export function decodePng(bytes: Uint8Array): DecodedImage {
-  // IHDR is always the first chunk: read it here to validate before fast-png allocates.
-  if (bytes.length < 33) fail("truncated PNG: the file ends inside the header");
+  // IHDR is always the first chunk: read it here to validate before fast-png allocates, and
+  // refuse a file too short for the pixels it claims (fast-png would allocate them, then fail
+  // with "Unsupported filter: undefined").
+  pngHeader(bytes, bytes.length);
   const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   if (String.fromCharCode(...bytes.subarray(12, 16)) !== "IHDR") fail("corrupt PNG: no IHDR chunk");
   const width = dv.getUint32(16);

@@ -11,7 +11,8 @@
  * rename). The host is assumed little-endian (every platform Deno ships for is).
  */
 
-import { writeFileAtomic } from "./safe_write.ts";
+import { checkInputFile } from "./input_file.ts";
+import { type OutputOptions, writeFileAtomic } from "./safe_write.ts";
 
 /** Element types of the safetensors format that this module knows. */
 export type SafetensorsDtype =
@@ -124,6 +125,45 @@ async function readExactly(
     }
     done += n;
   }
+}
+
+/**
+ * The first key that appears twice in one object of `json` (valid JSON text), or null.
+ * `JSON.parse` keeps the last of duplicate keys silently; a safetensors header with two entries
+ * for one tensor is corrupt (or crafted so that two readers see different tensors). Iterative,
+ * so deep nesting cannot overflow the stack.
+ */
+export function duplicateJsonKey(json: string): string | null {
+  const stack: (Set<string> | null)[] = [];
+  let wantKey = false;
+  for (let i = 0; i < json.length; i++) {
+    const c = json.charCodeAt(i);
+    if (c === 0x7b) {
+      stack.push(new Set());
+      wantKey = true;
+    } else if (c === 0x5b) {
+      stack.push(null);
+      wantKey = false;
+    } else if (c === 0x7d || c === 0x5d) {
+      stack.pop();
+      wantKey = false;
+    } else if (c === 0x2c) wantKey = stack[stack.length - 1] instanceof Set;
+    else if (c === 0x22) {
+      let j = i + 1;
+      while (j < json.length && json.charCodeAt(j) !== 0x22) {
+        j += json.charCodeAt(j) === 0x5c ? 2 : 1;
+      }
+      if (wantKey) {
+        const key = JSON.parse(json.slice(i, j + 1)) as string;
+        const keys = stack[stack.length - 1]!;
+        if (keys.has(key)) return key;
+        keys.add(key);
+        wantKey = false;
+      }
+      i = j;
+    }
+  }
+  return null;
 }
 
 /** Validates a parsed header against the data block size; returns entries sorted by offset. */
@@ -239,10 +279,12 @@ export class SafetensorsFile {
 
   /**
    * Opens `path` and reads and validates its header. Throws (naming the file and tensor) on a
-   * header length beyond the file, bad JSON, unknown dtype, bad shape, offsets out of range,
+   * path that is not a regular file, a header length beyond the file, bad JSON, a key named twice,
+   * unknown dtype, bad shape, offsets out of range,
    * overlapping or not covering the data block, or a byte length != prod(shape) * item size.
    */
   static async open(path: string): Promise<SafetensorsFile> {
+    await checkInputFile(path);
     const file = await Deno.open(path, { read: true });
     try {
       const size = (await file.stat()).size;
@@ -262,10 +304,16 @@ export class SafetensorsFile {
       const headerBytes = new Uint8Array(n);
       await readExactly(file, 8, headerBytes, path);
       let header: unknown;
+      let text: string;
       try {
-        header = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
+        text = new TextDecoder("utf-8", { fatal: true }).decode(headerBytes);
+        header = JSON.parse(text);
       } catch (e) {
         throw new Error(`${path}: header is not valid JSON (${(e as Error).message})`);
+      }
+      const dup = duplicateJsonKey(text);
+      if (dup !== null) {
+        throw new Error(`${path}: the header names "${dup}" twice (a corrupt or forged file)`);
       }
       const { entries, metadata } = parseHeader(path, header, 8 + n, size - 8 - n);
       return new SafetensorsFile(path, file, entries, metadata);
@@ -330,6 +378,27 @@ export class SafetensorsFile {
     this.#file?.close();
     this.#file = null;
   }
+}
+
+/**
+ * Throws naming `file` and `name` when `data` holds a NaN or an infinity: weights like that give
+ * all-NaN outputs with nothing to say why. The scan costs about a millisecond per million values.
+ */
+export function assertFinite(file: string, name: string, data: Float32Array): Float32Array {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isFinite(data[i])) {
+      let nan = 0, inf = 0;
+      for (let j = i; j < data.length; j++) {
+        if (Number.isNaN(data[j])) nan++;
+        else if (!Number.isFinite(data[j])) inf++;
+      }
+      throw new Error(
+        `${file}: tensor "${name}" holds ${nan} NaN and ${inf} infinite value(s) of ` +
+          `${data.length} (the first at index ${i}): the checkpoint is corrupt or diverged`,
+      );
+    }
+  }
+  return data;
 }
 
 let f16Table: Uint32Array | null = null;
@@ -491,13 +560,15 @@ function tensorBytes(path: string, name: string, t: SafetensorsTensor): Uint8Arr
  * anything touches the disk. Tensors are laid out like the Python library does (by dtype,
  * widest first, then by name) and the header is space-padded to a multiple of 8 bytes.
  *
- * Atomic: the file is written to `path + ".tmp-<random>"`, fsynced and renamed over `path`;
- * on any error the temporary file is removed and an existing `path` is left untouched.
+ * Written through {@link writeFileAtomic} (safe_write.ts): a temporary file beside `path`,
+ * fsynced and renamed over it; on any error the temporary file is removed and an existing `path`
+ * is left untouched. `opts` names the option and the run's inputs (which `path` may not be).
  */
 export async function writeSafetensors(
   path: string,
   tensors: Record<string, SafetensorsTensor>,
   metadata?: Record<string, string>,
+  opts: OutputOptions = {},
 ): Promise<void> {
   const items: { name: string; dtype: SafetensorsDtype; shape: number[]; bytes: Uint8Array }[] = [];
   for (const [name, t] of Object.entries(tensors)) {
@@ -529,5 +600,5 @@ export async function writeSafetensors(
   const prefix = new Uint8Array(8);
   new DataView(prefix.buffer).setBigUint64(0, BigInt(padded.length), true);
 
-  await writeFileAtomic(path, [prefix, padded, ...items.map((it) => it.bytes)]);
+  await writeFileAtomic(path, [prefix, padded, ...items.map((it) => it.bytes)], opts);
 }

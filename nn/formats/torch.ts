@@ -13,6 +13,7 @@
  */
 import { asIterable, type PickleCallable, PyGlobal, unpickle } from "./pickle.ts";
 import { bf16ToF32, f16ToF32 } from "./safetensors.ts";
+import { checkInputFile } from "./input_file.ts";
 import { ZipReader } from "./zip.ts";
 
 /** Element types of torch storages, named like safetensors dtypes. */
@@ -248,6 +249,7 @@ export class TorchCheckpoint {
    * TorchScript archive, a non-zip file, a missing `data.pkl`, unknown globals.
    */
   static async open(path: string, options: TorchCheckpointOptions = {}): Promise<TorchCheckpoint> {
+    await checkInputFile(path);
     const head = new Uint8Array(12);
     const f = await Deno.open(path, { read: true });
     try {
@@ -259,6 +261,12 @@ export class TorchCheckpoint {
       throw new Error(
         `${path}: legacy (pre-1.6, non-zip) torch.save format is not supported; load it in ` +
           `PyTorch and save it again with torch.save (zip format) or as safetensors`,
+      );
+    }
+    if (head[0] === 0x80 && head[1] >= 2 && head[1] <= 5) {
+      throw new Error(
+        `${path}: a bare pickle (pickle.dump, or torch.save with the legacy serialization), not ` +
+          `a torch.save zip; save it again with torch.save (zip format) or as safetensors`,
       );
     }
     if (!(head[0] === 0x50 && head[1] === 0x4b)) {

@@ -3,8 +3,13 @@
  * included), stored and deflated entries, and ranged reads of stored entries, so one tensor of a
  * multi-gigabyte checkpoint is read without reading the rest. Only what torch writes is
  * supported: no encryption, no compression other than deflate, no multi-disk archives.
+ *
+ * Every read that covers a whole entry checks the entry's CRC-32 from the central directory (a
+ * flipped bit in a stored tensor would otherwise load silently). A ranged read of part of a
+ * stored entry cannot be checked without reading all of it, and is not.
  */
-import { inflateRawSync } from "node:zlib";
+import { crc32, inflateRawSync } from "node:zlib";
+import { checkInputFile } from "./input_file.ts";
 
 /** One member of a zip archive, from its central directory record. */
 export interface ZipEntry {
@@ -14,6 +19,8 @@ export interface ZipEntry {
   compressedSize: number;
   uncompressedSize: number;
   localHeaderOffset: number;
+  /** CRC-32 of the uncompressed bytes, from the central directory. */
+  crc32: number;
 }
 
 const SIG_LOCAL = 0x04034b50;
@@ -49,6 +56,7 @@ export class ZipReader {
 
   /** Opens `path` and reads its central directory. Throws naming the file if not a zip. */
   static async open(path: string): Promise<ZipReader> {
+    await checkInputFile(path);
     const file = await Deno.open(path, { read: true });
     try {
       const size = (await file.stat()).size;
@@ -137,7 +145,7 @@ export class ZipReader {
     return await this.#serial(async (file) => {
       const raw = new Uint8Array(e.compressedSize);
       await readAt(file, await this.#start(file, e), raw, this.path);
-      if (e.method === 0) return raw;
+      if (e.method === 0) return this.#checked(e, raw);
       let out: Uint8Array;
       try {
         out = new Uint8Array(inflateRawSync(raw));
@@ -150,13 +158,27 @@ export class ZipReader {
             `expected ${e.uncompressedSize}`,
         );
       }
-      return out;
+      return this.#checked(e, out);
     });
+  }
+
+  /** `bytes` (the whole of entry `e`) when their CRC-32 matches the central directory's. */
+  #checked(e: ZipEntry, bytes: Uint8Array): Uint8Array {
+    const got = crc32(bytes) >>> 0;
+    if (got !== e.crc32) {
+      const hex = (v: number) => `0x${v.toString(16).padStart(8, "0")}`;
+      throw new Error(
+        `${this.path}: zip entry "${e.name}" fails its CRC-32 check (stored ${hex(e.crc32)}, ` +
+          `computed ${hex(got)}): the file is corrupt`,
+      );
+    }
+    return bytes;
   }
 
   /**
    * Reads bytes [start, start + length) of entry `name` (uncompressed positions) into a fresh,
-   * 0-offset buffer. Stored entries read only that range; deflated ones inflate the entry.
+   * 0-offset buffer. Stored entries read only that range (CRC-checked when it is the whole
+   * entry); deflated ones inflate (and check) the entry.
    */
   async readRange(name: string, start: number, length: number): Promise<Uint8Array> {
     const e = this.entry(name);
@@ -170,7 +192,7 @@ export class ZipReader {
     return this.#serial(async (file) => {
       const buf = new Uint8Array(length);
       await readAt(file, (await this.#start(file, e)) + start, buf, this.path);
-      return buf;
+      return start === 0 && length === e.uncompressedSize ? this.#checked(e, buf) : buf;
     });
   }
 
@@ -209,6 +231,7 @@ function parseCentralDirectory(
     }
     const flags = v.getUint16(p + 8, true);
     const method = v.getUint16(p + 10, true);
+    const crc = v.getUint32(p + 16, true);
     let compressedSize = v.getUint32(p + 20, true);
     let uncompressedSize = v.getUint32(p + 24, true);
     const nameLen = v.getUint16(p + 28, true);
@@ -241,7 +264,7 @@ function parseCentralDirectory(
     if (localHeaderOffset + 30 > fileSize) {
       throw new Error(`${path}: zip entry "${name}" starts beyond the end of the file`);
     }
-    entries.push({ name, method, compressedSize, uncompressedSize, localHeaderOffset });
+    entries.push({ name, method, compressedSize, uncompressedSize, localHeaderOffset, crc32: crc });
     p = xEnd + commentLen;
   }
   return entries;

@@ -23,6 +23,8 @@ export interface SplitReport {
   count: number;
   classes: ClassReport[];
   unreadable: BadImage[];
+  /** Readable images whose conversion to RGB surprises (16-bit grayscale), with the note. */
+  notes: { path: string; note: string }[];
 }
 
 /** Options of {@link checkSplit}. */
@@ -54,12 +56,13 @@ export async function checkSplit(
   const n = split.labels.length;
   for (let i = 0; i < n; i++) classes[split.labels[i]].count++;
   const unreadable: BadImage[] = [];
+  const notes: { path: string; note: string }[] = [];
   const src = split.source;
   if (opts.quick) {
     if (src.kind === "h5") {
       for (const c of classes) if (c.count) c.sizes[`${src.width}x${src.height}`] = c.count;
     }
-    return { name: split.name, count: n, classes, unreadable };
+    return { name: split.name, count: n, classes, unreadable, notes };
   }
   const pool = new DecodePool(
     src,
@@ -77,6 +80,7 @@ export async function checkSplit(
         if (r.ok) {
           const key = `${r.width}x${r.height}`;
           c.sizes[key] = (c.sizes[key] ?? 0) + 1;
+          if (r.note && src.kind === "files") notes.push({ path: src.paths[i], note: r.note });
         } else {
           c.unreadable++;
           unreadable.push({ path: r.path, reason: r.reason });
@@ -88,6 +92,9 @@ export async function checkSplit(
   } finally {
     await pool.close();
   }
-  unreadable.sort((a, b) => (a.path < b.path ? -1 : a.path > b.path ? 1 : 0));
-  return { name: split.name, count: n, classes, unreadable };
+  const byPath = (a: { path: string }, b: { path: string }) =>
+    a.path < b.path ? -1 : a.path > b.path ? 1 : 0;
+  unreadable.sort(byPath);
+  notes.sort(byPath);
+  return { name: split.name, count: n, classes, unreadable, notes };
 }

@@ -14,13 +14,17 @@
  *   `-` (or the first `-`-separated part that is a known class).
  * - `csv`: a manifest `path,label[,split]` (paths relative to the manifest).
  *
- * The six openers stay in this one file (about 680 lines) with the split helpers they share:
+ * The six openers stay in this one file (about 750 lines) with the split helpers they share:
  * each is the same pattern in 50-130 lines, and reading them side by side is how one checks that
- * they agree on split names, notes and ignored files. Listing files is files.ts's job.
+ * they agree on split names, notes and ignored files. Listing files is files.ts's job; keeping a
+ * file that is reachable twice out of two splits is file_pool.ts's.
  */
 import { basename, dirname, extname, join, resolve } from "node:path";
 import { H5Error, H5File } from "../../nn/formats/hdf5.ts";
-import { byName, isDir, listImages, subdirs } from "./files.ts";
+import { checkInputFile } from "../../nn/formats/input_file.ts";
+import { byName, isDir, type ListDuplicate, listImages, subdirs } from "./files.ts";
+import { DatasetError } from "./errors.ts";
+import { FilePool } from "./file_pool.ts";
 import { stratifiedSplit } from "./split.ts";
 
 /** The dataset kinds {@link openDataset} understands. */
@@ -86,14 +90,7 @@ export interface DatasetOptions {
   classes?: string[];
 }
 
-/** Thrown when a dataset cannot be opened: missing folders or files, unknown labels, ... */
-export class DatasetError extends Error {
-  /** Builds the error. */
-  constructor(message: string, options?: { cause?: unknown }) {
-    super(message, options);
-    this.name = "DatasetError";
-  }
-}
+export { DatasetError } from "./errors.ts";
 
 /** The nine CRC tissue classes (NCT-CRC-HE-100K / CRC-VAL-HE-7K folder names). */
 export const CRC_CLASSES = ["ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"];
@@ -123,6 +120,17 @@ export async function openDataset(
   opts: DatasetOptions = {},
 ): Promise<Dataset> {
   const abs = resolve(root);
+  let st: Deno.FileInfo;
+  try {
+    st = await Deno.stat(abs);
+  } catch {
+    throw new DatasetError(`${root} does not exist`);
+  }
+  if (kind === "csv" ? !st.isFile : !st.isDirectory) {
+    throw new DatasetError(
+      `${root} is ${kind === "csv" ? "not a regular file (the csv manifest)" : "not a folder"}`,
+    );
+  }
   switch (kind) {
     case "pcam":
       return openPcam(abs);
@@ -151,6 +159,8 @@ async function scanClassFolders(
   classes: string[],
   ignored: string[],
   what: string,
+  pool: FilePool,
+  group = "pool",
 ): Promise<{ paths: string[]; labels: number[] }> {
   const paths: string[] = [];
   const labels: number[] = [];
@@ -161,7 +171,7 @@ async function scanClassFolders(
         `${what}: class folder ${folder} is missing (expected ${classes.join(", ")})`,
       );
     }
-    for (const p of await listImages(folder, { ignored })) {
+    for (const p of await pool.list(folder, classes[c], group, ignored)) {
       paths.push(p);
       labels.push(c);
     }
@@ -336,7 +346,15 @@ async function openCrc(root: string, opts: DatasetOptions): Promise<Dataset> {
         `${CRC_CLASSES.join(", ")} go inside it, and CRC-VAL-HE-7K beside it)`,
     );
   }
-  const pool = await scanClassFolders(trainDir, CRC_CLASSES, ignored, "CRC training set");
+  const files = new FilePool();
+  const pool = await scanClassFolders(
+    trainDir,
+    CRC_CLASSES,
+    ignored,
+    "CRC training set",
+    files,
+    "train/val",
+  );
   const splits = stratifiedFileSplits(pool.paths, pool.labels, val, 0, seed);
   notes.push(
     `train/val: ${basename(trainDir)}, stratified ${Math.round((1 - val) * 100)}/${
@@ -345,7 +363,7 @@ async function openCrc(root: string, opts: DatasetOptions): Promise<Dataset> {
   );
   const testDir = join(root, "CRC-VAL-HE-7K");
   if (await isDir(testDir)) {
-    const t = await scanClassFolders(testDir, CRC_CLASSES, ignored, "CRC test set");
+    const t = await scanClassFolders(testDir, CRC_CLASSES, ignored, "CRC test set", files, "test");
     splits.push(filesSplit("test", t.paths, t.labels));
     notes.push("test: CRC-VAL-HE-7K");
   } else notes.push(`test split absent: no ${testDir}`);
@@ -356,7 +374,7 @@ async function openCrc(root: string, opts: DatasetOptions): Promise<Dataset> {
       notes.push(`${dir}: folders that are not CRC classes left out: ${extra.join(", ")}`);
     }
   }
-  notes.push(...ignoredNote(ignored));
+  notes.push(...ignoredNote(ignored), ...files.notes());
   return { kind: "crc", root, classes: CRC_CLASSES, splits, notes, ignored };
 }
 
@@ -378,7 +396,8 @@ async function openBach(root: string, opts: DatasetOptions): Promise<Dataset> {
     );
   }
   const ignored: string[] = [];
-  const pool = await scanClassFolders(dir, BACH_CLASSES, ignored, "BACH");
+  const files = new FilePool();
+  const pool = await scanClassFolders(dir, BACH_CLASSES, ignored, "BACH", files);
   const notes: string[] = [];
   let splits: Split[];
   if (opts.splitFile) {
@@ -394,7 +413,7 @@ async function openBach(root: string, opts: DatasetOptions): Promise<Dataset> {
         " (pass splitFile for a fixed, e.g. patient-wise, split)",
     );
   }
-  notes.push(...ignoredNote(ignored));
+  notes.push(...ignoredNote(ignored), ...files.notes());
   return { kind: "bach", root: dir, classes: BACH_CLASSES, splits, notes, ignored };
 }
 
@@ -402,6 +421,7 @@ async function openBach(root: string, opts: DatasetOptions): Promise<Dataset> {
 async function fixedSplits(paths: string[], labels: number[], file: string): Promise<Split[]> {
   let text: string;
   try {
+    await checkInputFile(file);
     text = await Deno.readTextFile(file);
   } catch (err) {
     throw new DatasetError(`cannot read the split file ${file}: ${(err as Error).message}`, {
@@ -486,13 +506,14 @@ async function openFolder(root: string, opts: DatasetOptions): Promise<Dataset> 
       perSplit.push({ name, dir: join(root, d), classes: await subdirs(join(root, d)) });
     }
     const classes = orderClasses(perSplit.flatMap((s) => s.classes), opts.classes, root);
+    const files = new FilePool();
     const splits: Split[] = [];
     for (const name of SPLIT_NAMES) {
       const s = perSplit.find((p) => p.name === name);
       if (!s) continue;
       const paths: string[] = [], labels: number[] = [];
       for (const c of s.classes) {
-        for (const p of await listImages(join(s.dir, c), { ignored })) {
+        for (const p of await files.list(join(s.dir, c), c, name, ignored)) {
           paths.push(p);
           labels.push(classes.indexOf(c));
         }
@@ -500,11 +521,18 @@ async function openFolder(root: string, opts: DatasetOptions): Promise<Dataset> 
       splits.push(filesSplit(name, paths, labels));
     }
     notes.push(`splits from the folders ${dirs.join(", ")}`);
-    notes.push(...ignoredNote(ignored));
+    notes.push(...ignoredNote(ignored), ...files.notes());
     return { kind: "folder", root, classes, splits, notes, ignored };
   }
   const classes = orderClasses(dirs, opts.classes, root);
-  const pool = await scanClassFolders(root, classes.filter((c) => dirs.includes(c)), ignored, root);
+  const files = new FilePool();
+  const pool = await scanClassFolders(
+    root,
+    classes.filter((c) => dirs.includes(c)),
+    ignored,
+    root,
+    files,
+  );
   // scanClassFolders numbers labels by its own list; map them to `classes`.
   const present = classes.filter((c) => dirs.includes(c));
   const labels = pool.labels.map((l) => classes.indexOf(present[l]));
@@ -512,7 +540,7 @@ async function openFolder(root: string, opts: DatasetOptions): Promise<Dataset> 
   const val = checkFraction("valFraction", opts.valFraction ?? 0.2);
   const test = checkFraction("testFraction", opts.testFraction ?? 0);
   notes.push(`stratified split per class (val ${val}, test ${test}), seed ${seed}`);
-  notes.push(...ignoredNote(ignored));
+  notes.push(...ignoredNote(ignored), ...files.notes());
   return {
     kind: "folder",
     root,
@@ -540,7 +568,8 @@ export function labelFromFileName(name: string, classes?: string[]): string | nu
 async function openFlat(root: string, opts: DatasetOptions): Promise<Dataset> {
   if (!await isDir(root)) throw new DatasetError(`${root} is not a folder`);
   const ignored: string[] = [];
-  const files = await listImages(root, { ignored, recursive: false });
+  const duplicates: ListDuplicate[] = [];
+  const files = await listImages(root, { ignored, recursive: false, duplicates });
   const names: string[] = [];
   const unlabelled: string[] = [];
   for (const p of files) {
@@ -558,6 +587,18 @@ async function openFlat(root: string, opts: DatasetOptions): Promise<Dataset> {
     );
   }
   if (files.length === 0) throw new DatasetError(`${root} has no image files`);
+  for (const d of duplicates) {
+    const [a, b] = [
+      labelFromFileName(d.path, opts.classes),
+      labelFromFileName(d.first, opts.classes),
+    ];
+    if (a !== b) {
+      throw new DatasetError(
+        `${d.path} (class ${a}) and ${d.first} (class ${b}) are the same file: one image cannot ` +
+          `have two labels`,
+      );
+    }
+  }
   const classes = opts.classes ? opts.classes.slice() : [...new Set(names)].sort(byName);
   const labels = names.map((n) => classes.indexOf(n));
   const seed = opts.seed ?? 42;
@@ -567,6 +608,13 @@ async function openFlat(root: string, opts: DatasetOptions): Promise<Dataset> {
     `labels from file-name prefixes; stratified split per class (val ${val}, test ${test}), seed ${seed}`,
     ...(ignored.length
       ? [`${ignored.length} non-image file(s) left out: ${ignored.slice(0, 5).join(", ")}`]
+      : []),
+    ...(duplicates.length
+      ? [
+        `${duplicates.length} file(s) reachable under a second name counted once: ${
+          duplicates.slice(0, 3).map((d) => `${d.path} = ${d.first}`).join(", ")
+        }`,
+      ]
       : []),
   ];
   return {
@@ -658,6 +706,29 @@ async function openCsv(file: string, opts: DatasetOptions): Promise<Dataset> {
     splitOf.push(s ? parseSplitName(s, where) : null);
   }
   if (paths.length === 0) throw new DatasetError(`${file} lists no images`);
+  // One file listed twice (under the same or another name): once if the rows agree, refused if
+  // they give it two labels or two splits.
+  const firstRow = new Map<string, number>();
+  const keep: number[] = [];
+  let repeated = 0;
+  for (let i = 0; i < paths.length; i++) {
+    const real = await Deno.realPath(paths[i]).catch(() => paths[i]);
+    const j = firstRow.get(real);
+    if (j === undefined) {
+      firstRow.set(real, i);
+      keep.push(i);
+    } else if (names[j] !== names[i] || splitOf[j] !== splitOf[i]) {
+      throw new DatasetError(
+        `${file}: rows ${first + j + 1} and ${first + i + 1} name the same file (${real}) with ` +
+          `${names[j] !== names[i] ? "two labels" : "two splits"}`,
+      );
+    } else repeated++;
+  }
+  if (repeated > 0) {
+    const [p2, n2, s2] = [pick(paths, keep), pick(names, keep), pick(splitOf, keep)];
+    paths.length = names.length = splitOf.length = 0;
+    paths.push(...p2), names.push(...n2), splitOf.push(...s2);
+  }
   const numeric = names.every((n) => /^-?\d+$/.test(n));
   const classes = opts.classes
     ? orderClasses(names, opts.classes, file)
@@ -684,5 +755,6 @@ async function openCsv(file: string, opts: DatasetOptions): Promise<Dataset> {
     splits = stratifiedFileSplits(paths, labels, val, test, seed);
     notes.push(`stratified split per class (val ${val}, test ${test}), seed ${seed}`);
   }
+  if (repeated > 0) notes.push(`${repeated} row(s) naming a file listed before counted once`);
   return { kind: "csv", root: file, classes, splits, notes, ignored: [] };
 }

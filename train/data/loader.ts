@@ -49,6 +49,12 @@ export interface LoaderOptions {
   dropLast?: boolean;
   /** Fail on an unreadable image (default) or skip it and list it. */
   onBadImage?: OnBadImage;
+  /**
+   * Keep prepared samples in memory, up to this many bytes, so later epochs skip decoding
+   * (default 256 MiB; 0 disables). Only without augmentation: an augmented sample differs per
+   * epoch. A split that does not fit is not cached at all.
+   */
+  cacheBytes?: number;
 }
 
 /** A batch on the CPU. */
@@ -61,6 +67,8 @@ export interface CpuBatch {
   indices: Int32Array;
   /** Images in this batch (batchSize except perhaps the last). */
   size: number;
+  /** Position in the epoch's order just after this batch (where a resumed epoch starts). */
+  end: number;
 }
 
 /** A batch on the GPU; the caller owns (and disposes) the tensors. */
@@ -73,6 +81,8 @@ export interface Batch {
   indices: Int32Array;
   /** Images in this batch (batchSize except perhaps the last). */
   size: number;
+  /** Position in the epoch's order just after this batch (where a resumed epoch starts). */
+  end: number;
 }
 
 /** An image that could not be read. */
@@ -100,6 +110,8 @@ export class DataLoader {
   /** Batches decoded ahead of the consumer. */
   readonly prefetch: number;
   private pool: DecodePool;
+  /** Prepared samples by index, when the whole split fits in `cacheBytes` (see LoaderOptions). */
+  private cache: Map<number, Float32Array> | null = null;
   private skippedMap = new Map<string, string>();
   private running = false;
 
@@ -136,6 +148,10 @@ export class DataLoader {
       seed: this.seed,
     };
     this.pool = new DecodePool(split.source, config, opts.workers ?? defaultWorkers());
+    const planeBytes = 3 * this.size * this.size * 4;
+    if (!config.augment && split.labels.length * planeBytes <= (opts.cacheBytes ?? 256 * 2 ** 20)) {
+      this.cache = new Map();
+    }
   }
 
   /** Samples in the split. */
@@ -166,22 +182,37 @@ export class DataLoader {
   }
 
   /**
-   * The batches of epoch `epoch` on the CPU, in order. One epoch at a time per loader.
+   * The batches of epoch `epoch` on the CPU, in order, starting at position `from` of the
+   * epoch's order (a batch's `end`: how a resumed run continues exactly where it stopped). One
+   * epoch at a time per loader.
    * @throws ImageDecodeError for an unreadable image when onBadImage is "error".
    */
-  async *cpuBatches(epoch = 0): AsyncGenerator<CpuBatch> {
+  async *cpuBatches(epoch = 0, from = 0): AsyncGenerator<CpuBatch> {
     if (this.running) throw new Error("DataLoader: an epoch is already running on this loader");
     this.running = true;
     const order = this.order(epoch);
     const n = order.length;
+    if (!Number.isInteger(from) || from < 0 || from > n) {
+      this.running = false;
+      throw new RangeError(`DataLoader: start position ${from} not in [0, ${n}]`);
+    }
     const B = this.batchSize;
     const plane = 3 * this.size * this.size;
     const window = this.prefetch * B;
     const inflight = new Map<number, Promise<SampleResult>>();
-    let submitted = 0;
+    let submitted = from;
     const submit = () => {
       while (submitted < n && inflight.size < window) {
-        const p = this.pool.run(order[submitted], epoch, "prepare");
+        const hit = this.cache?.get(order[submitted]);
+        const p = hit
+          ? Promise.resolve<SampleResult>({
+            id: order[submitted],
+            ok: true,
+            width: 0,
+            height: 0,
+            data: hit,
+          })
+          : this.pool.run(order[submitted], epoch, "prepare");
         p.catch(() => {}); // awaited in order below; avoid an unhandled rejection if abandoned
         inflight.set(submitted++, p);
       }
@@ -191,7 +222,7 @@ export class DataLoader {
       let labels = new Int32Array(B);
       let indices = new Int32Array(B);
       let fill = 0;
-      for (let pos = 0; pos < n; pos++) {
+      for (let pos = from; pos < n; pos++) {
         submit();
         const res = await inflight.get(pos)!;
         inflight.delete(pos);
@@ -202,6 +233,7 @@ export class DataLoader {
           continue;
         }
         const data = res.data as Float32Array;
+        this.cache?.set(index, data);
         if (data.length !== plane) {
           throw new Error(`sample ${index}: got ${data.length} values, expected ${plane}`);
         }
@@ -211,7 +243,7 @@ export class DataLoader {
         fill++;
         if (fill === B) {
           submit(); // keep the workers busy while the consumer works on this batch
-          yield { images, labels, indices, size: B };
+          yield { images, labels, indices, size: B, end: pos + 1 };
           images = new Float32Array(B * plane);
           labels = new Int32Array(B);
           indices = new Int32Array(B);
@@ -224,6 +256,7 @@ export class DataLoader {
           labels: labels.subarray(0, fill),
           indices: indices.subarray(0, fill),
           size: fill,
+          end: n,
         };
       }
     } finally {
@@ -234,15 +267,16 @@ export class DataLoader {
   }
 
   /**
-   * The batches of epoch `epoch` uploaded to the GPU (needs `init()` from kernels/device.ts).
+   * The batches of epoch `epoch` uploaded to the GPU (needs `init()` from kernels/device.ts),
+   * starting at position `from` of the epoch's order.
    * The caller disposes each batch's tensors (or creates them inside its own `tidy`).
    * @throws ImageDecodeError for an unreadable image when onBadImage is "error".
    */
-  async *batches(epoch = 0): AsyncGenerator<Batch> {
-    for await (const b of this.cpuBatches(epoch)) {
+  async *batches(epoch = 0, from = 0): AsyncGenerator<Batch> {
+    for await (const b of this.cpuBatches(epoch, from)) {
       const images = tensor(b.images, [b.size, 3, this.size, this.size]);
       const labels = tensor(b.labels, [b.size], { dtype: "int32" });
-      yield { images, labels, indices: b.indices, size: b.size };
+      yield { images, labels, indices: b.indices, size: b.size, end: b.end };
     }
   }
 

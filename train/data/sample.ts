@@ -5,8 +5,8 @@
  * in-thread fallback both run exactly this code.
  */
 import type { DecodedImage } from "../../nn/formats/image.ts";
-import { centerCrop, resizeShortSideBicubic, toNormalizedCHW } from "../../clip/preprocess.ts";
-import { ImageDecodeError, readImage } from "../../nn/formats/image.ts";
+import { resizeShortSideCenterCrop, toNormalizedCHW } from "../../clip/preprocess.ts";
+import { ImageDecodeError, probeImage, readImage } from "../../nn/formats/image.ts";
 import type { SampleSource } from "./datasets.ts";
 import { sampleId } from "./datasets.ts";
 import { H5Error, H5File } from "../../nn/formats/hdf5.ts";
@@ -40,7 +40,7 @@ export function prepareImage(
   epoch: number,
   index: number,
 ): Float32Array {
-  let x = centerCrop(resizeShortSideBicubic(img, cfg.size), cfg.size);
+  let x = resizeShortSideCenterCrop(img, cfg.size);
   if (cfg.augment) {
     x = applyAugment(x, augmentParams(cfg.augment, sampleSeed(cfg.seed, epoch, index)));
   }
@@ -99,11 +99,19 @@ export interface SampleTask {
 
 /**
  * A task's outcome. `data` is Float32Array [3, S, S] for "prepare", the RGB bytes (HWC) for
- * "decode", absent for "check"; `width` / `height` are the decoded image's. A sample that cannot
+ * "decode", absent for "check"; `width` / `height` are the decoded image's; `note` (only for
+ * "check") says when the conversion to RGB surprises (16-bit grayscale). A sample that cannot
  * be read gives `ok: false` with its id (path) and the reason.
  */
 export type SampleResult =
-  | { id: number; ok: true; width: number; height: number; data?: Float32Array | Uint8Array }
+  | {
+    id: number;
+    ok: true;
+    width: number;
+    height: number;
+    data?: Float32Array | Uint8Array;
+    note?: string;
+  }
   | { id: number; ok: false; path: string; reason: string };
 
 /**
@@ -118,7 +126,12 @@ export async function runTask(
   try {
     const img = await reader.image(task.index);
     if (task.mode === "check") {
-      return { id: task.id, ok: true, width: img.width, height: img.height };
+      const src = reader.source;
+      // The header again (the file is in the page cache): only to say how it was converted.
+      const note = src.kind === "files"
+        ? (await probeImage(src.paths[task.index]).catch(() => null))?.note
+        : undefined;
+      return { id: task.id, ok: true, width: img.width, height: img.height, note };
     }
     if (task.mode === "decode") {
       return { id: task.id, ok: true, width: img.width, height: img.height, data: img.data };
