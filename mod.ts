@@ -73,7 +73,8 @@ export {
   NoAdapterError,
 } from "./kernels/device.ts";
 export { counters, flush, type PoolStats, poolStats, sync } from "./kernels/runtime.ts";
-export type { MatmulKind, TileMode, Tuning } from "./kernels/tune.ts";
+export type { MatmulKind, MatmulPreference, TileMode, Tuning } from "./kernels/tune.ts";
+export type { FlashTile } from "./kernels/attention_tiled.ts";
 
 // ---- nn: tensors, autograd, ops, modules, optimisers ------------------------------------------
 export * from "./nn/tensor.ts";

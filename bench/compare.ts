@@ -1,10 +1,13 @@
 /**
  * `deno task bench:compare [--quick] [--out FILE] [--no-peers] [--only a,b] [--reps N]`
  *
- * Runs this engine's kernels and the same work in tfjs-webgpu and onnxruntime-web (WebGPU EP),
- * in one process on the same adapter; checks that every engine computes the same values; writes
- * a Markdown report (default `bench/RESULTS.md`): adapter, sizes, ms, GFLOP/s, our speed-up over
- * each peer, and the issue's acceptance checks. Exit code 1 when an engine disagrees.
+ * Runs this engine's kernels and the same work in tfjs-webgpu, onnxruntime-web (WebGPU EP) and
+ * jax-js (WebGPU, jit), in one process on the same adapter; checks that every engine computes the
+ * same values; measures the adapter's own FMA ceiling (a pure-FMA WGSL kernel, `fma_ceiling.ts`)
+ * at the start and the end of the run and reports every kernel as a fraction of it; writes a
+ * Markdown report (default `bench/RESULTS.md`): adapter, sizes, ms, GFLOP/s, fraction of the
+ * ceiling, our speed-up over each peer, and the issue's acceptance checks. Exit code 1 when an
+ * engine disagrees.
  *
  * Method: inputs are uploaded before timing; each timed repetition queues `inner` executions and
  * waits once for the GPU (so the fixed ~10 ms cost of a wait in Deno is spread over >= 1 s of
@@ -22,7 +25,8 @@ import { matmul } from "../nn/ops/matmul.ts";
 import { softmax } from "../nn/ops/nn.ts";
 import { cosineTopK, type TopK } from "../nn/retrieval.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
-import { loadOrt, loadTfjs, type Peer, type Runner } from "./peers.ts";
+import { fmaCeiling } from "./fma_ceiling.ts";
+import { loadJax, loadOrt, loadTfjs, type Peer, type Runner } from "./peers.ts";
 
 const args = parseArgs({
   args: Deno.args,
@@ -32,6 +36,7 @@ const args = parseArgs({
     "no-peers": { type: "boolean", default: false },
     only: { type: "string" },
     reps: { type: "string" },
+    peers: { type: "string" },
   },
 });
 const QUICK = args.values.quick!;
@@ -293,13 +298,18 @@ async function time(r: Runner): Promise<Timing> {
 
 const g = await init();
 const loadStart = Deno.loadavg();
+const ceilingStart = await fmaCeiling();
+console.log(`FMA ceiling at the start: ${ceilingStart.gflops.toFixed(1)} GFLOP/s`);
 const started = new Date();
 console.log(`adapter: ${g.adapter.description} (backend ${g.adapter.backend})`);
 
 const peers: Peer[] = [];
 const peerErrors: string[] = [];
 if (!args.values["no-peers"]) {
-  for (const [name, load] of [["tfjs-webgpu", loadTfjs], ["onnxruntime-web", loadOrt]] as const) {
+  const loaders = [["tfjs-webgpu", loadTfjs], ["onnxruntime-web", loadOrt], ["jax-js", loadJax]];
+  const wanted = args.values.peers?.split(",");
+  for (const [name, load] of loaders as [string, () => Promise<Peer>][]) {
+    if (wanted && !wanted.includes(name)) continue;
     try {
       const p = await load();
       peers.push(p);
@@ -391,6 +401,13 @@ function rate(w: Workload, ms: number): string {
     : `${(w.bytes / ms / 1e6).toFixed(2)} GB/s`;
 }
 
+const ceilingEnd = await fmaCeiling();
+console.log(`FMA ceiling at the end: ${ceilingEnd.gflops.toFixed(1)} GFLOP/s`);
+/** The ceiling the fractions are of: the higher of the two measurements (the conservative one). */
+const ceiling = Math.max(ceilingStart.gflops, ceilingEnd.gflops);
+const ofCeiling = (w: Workload, ms?: number) =>
+  ms !== undefined && w.flops ? `${(100 * w.flops / ms / 1e6 / ceiling).toFixed(0)}%` : "—";
+
 // ---- acceptance -----------------------------------------------------------------------------
 
 const msOf = (id: string, engine: string) =>
@@ -417,6 +434,23 @@ const ratioCheck = (id: string, peer: string, min: number, what: string, ourEngi
 };
 for (const p of ["tfjs-webgpu", "onnxruntime-web"]) {
   ratioCheck("matmul-1024", p, 6, `1024^3 fp32 matmul vs ${p}`);
+}
+{
+  const w = workloads.find((x) => x.id === "matmul-1024");
+  const ms = msOf("matmul-1024", "this engine");
+  if (w && ms !== undefined) {
+    const f = w.flops / ms / 1e6 / ceiling;
+    checks.push(
+      `- [${f >= 0.6 ? "x" : " "}] 1024^3 fp32 matmul at ${(100 * f).toFixed(0)}% of this ` +
+        `adapter's FMA ceiling (${ceiling.toFixed(1)} GFLOP/s, measured in this run; need >= 60%)`,
+    );
+  }
+  for (const id of ["matmul-1024", "attention", "softmax"]) {
+    const mine = msOf(id, "this engine"), jax = msOf(id, "jax-js");
+    if (mine !== undefined && jax !== undefined) {
+      checks.push(`- (no threshold) ${id} vs jax-js: ${(jax / mine).toFixed(2)}x`);
+    }
+  }
 }
 ratioCheck(
   "attention",
@@ -521,7 +555,7 @@ const tile = defaultTile({
   sbn: 1,
 });
 const lines: string[] = [];
-lines.push("# Benchmark results: this engine vs tfjs-webgpu and onnxruntime-web");
+lines.push("# Benchmark results: this engine vs tfjs-webgpu, onnxruntime-web and jax-js");
 lines.push("");
 lines.push(
   `Written by \`deno task bench:compare${Deno.args.length ? " " + Deno.args.join(" ") : ""}\` ` +
@@ -539,7 +573,15 @@ lines.push(
     `load average ${loadStart.map((x) => x.toFixed(2)).join(" ")} at the start and ` +
     `${loadEnd.map((x) => x.toFixed(2)).join(" ")} at the end`,
 );
-lines.push(`- Matmul tile chosen for this adapter (1024^3): \`${JSON.stringify(tile)}\``);
+lines.push(
+  `- Matmul tile chosen for this adapter (1024^3): \`${JSON.stringify(tile)}\` (tuning: ` +
+    `${g.tuning.matmulSource}${g.tuning.matmul ? ` ${JSON.stringify(g.tuning.matmul)}` : ""})`,
+);
+lines.push(
+  `- FMA ceiling (a pure-FMA WGSL kernel, \`bench/fma_ceiling.ts\`): ` +
+    `${ceilingStart.gflops.toFixed(1)} GFLOP/s at the start, ${ceilingEnd.gflops.toFixed(1)} at ` +
+    `the end; fractions below are of the higher, ${ceiling.toFixed(1)}`,
+);
 for (const p of peers) lines.push(`- Peer: ${p.name}, adapter: ${p.adapter}`);
 for (const e of peerErrors) lines.push(`- Peer unavailable: ${e}`);
 lines.push(
@@ -559,10 +601,10 @@ lines.push("");
 lines.push("## All measurements");
 lines.push("");
 lines.push(
-  "| workload | engine | ms | GFLOP/s | GB/s | speed-up of this engine | CPU ms | runs per wait " +
-    "| agrees |",
+  "| workload | engine | ms | GFLOP/s | of FMA ceiling | GB/s | speed-up of this engine | CPU ms " +
+    "| runs per wait | agrees |",
 );
-lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
+lines.push("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |");
 for (const w of workloads) {
   const rows = results.get(w.id)!;
   const mine = rows[0]?.ms;
@@ -573,6 +615,7 @@ for (const w of workloads) {
     lines.push(
       `| ${w.label} | ${r.engine} | ${r.ms?.toFixed(2) ?? "—"} | ` +
         `${r.ms !== undefined && w.flops ? (w.flops / r.ms / 1e6).toFixed(2) : "—"} | ` +
+        `${ofCeiling(w, r.ms)} | ` +
         `${r.ms !== undefined ? (w.bytes / r.ms / 1e6).toFixed(2) : "—"} | ${sp} | ` +
         `${r.cpuMs?.toFixed(1) ?? "—"} | ${r.inner ?? ""} | ` +
         `${r.error ? "failed: " + r.error.replaceAll("|", "/") : r.agrees} |`,
@@ -605,6 +648,7 @@ lines.push("```");
 lines.push("");
 lines.push(
   "Options: `--quick` (2 repetitions, skips the ViT MLP matmul), `--out FILE`, `--no-peers`, " +
+    "`--peers tfjs-webgpu,onnxruntime-web,jax-js`, " +
     "`--only matmul-1024,attention,...`, `--reps N`. The machine should be otherwise idle: on " +
     "llvmpipe every engine shares the same CPU cores with whatever else runs.",
 );

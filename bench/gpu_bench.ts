@@ -2,7 +2,7 @@
  * One self-contained benchmark run for a machine where only this script can run (an offline GPU
  * server: see bench/gpu_check.sh). It needs no npm package, so it can be bundled into one file.
  *
- *   deno run -A bench/gpu_bench.ts [--out FILE.json] [--quick]
+ *   deno run -A bench/gpu_bench.ts [--out FILE.json] [--quick] [--no-vit] [--checks-only]
  *
  * 1. The adapter: description, backend, features, limits.
  * 2. Correctness on this adapter: every kernel family on odd sizes against float64 CPU results
@@ -14,10 +14,14 @@
  */
 import { parseArgs } from "node:util";
 import { adapterInfo, init } from "../kernels/device.ts";
-import { counters, poolStats, sync } from "../kernels/runtime.ts";
+import { counters, pool, poolStats, readback, sync, upload } from "../kernels/runtime.ts";
+import { matmulKernel, type MatmulTile } from "../kernels/matmul.ts";
+import { attentionRef } from "../kernels/attention_ref.ts";
+import { denseDims } from "../kernels/matmul_ref.ts";
+import { AdamW } from "../nn/optim.ts";
 import { backward, noGrad } from "../nn/autograd.ts";
 import { attention, attentionUnfused } from "../nn/ops/attention.ts";
-import { matmul, mean } from "../nn/ops/index.ts";
+import { matmul, mean, mul, sum } from "../nn/ops/index.ts";
 import { layerNorm, softmax } from "../nn/ops/nn.ts";
 import { cosineTopK } from "../nn/retrieval.ts";
 import { randn, Rng, tensor, tidy } from "../nn/tensor.ts";
@@ -33,6 +37,7 @@ const { values: args } = parseArgs({
     out: { type: "string", default: "" },
     quick: { type: "boolean", default: false },
     "no-vit": { type: "boolean", default: false },
+    "checks-only": { type: "boolean", default: false },
   },
 });
 
@@ -140,6 +145,90 @@ await guarded("check attention fused vs unfused", "B2 H3 T197 D64", async () => 
   }
 });
 
+// The tiled (flash) attention kernels a GPU runs by default, forward and backward, against the
+// float64 reference; the subgroup forward where the adapter offers subgroups.
+for (
+  const [B, H, Tq, Tk, D, causal] of [[1, 2, 77, 77, 64, true], [1, 2, 70, 131, 128, false], [
+    2,
+    1,
+    50,
+    50,
+    36,
+    false,
+  ]] as const
+) {
+  const size = `B${B} H${H} Tq${Tq} Tk${Tk} D${D}${causal ? " causal" : ""}`;
+  await guarded("check attention tiled fwd+bwd", size, async () => {
+    const qs = [B, H, Tq, D], ks = [B, H, Tk, D];
+    const qd = rand(B * H * Tq * D, 21), kd = rand(B * H * Tk * D, 22);
+    const vd = rand(B * H * Tk * D, 23), gd = rand(B * H * Tq * D, 24);
+    const ref = attentionRef(qd, kd, vd, gd, { B, H, Tq, Tk, D, causal });
+    for (const subgroups of info.features.includes("subgroups") ? [false, true] : [false]) {
+      const outs = tidy(() => {
+        const q = tensor(qd, qs, { requiresGrad: true });
+        const k = tensor(kd, ks, { requiresGrad: true });
+        const v = tensor(vd, ks, { requiresGrad: true });
+        const o = attention(q, k, v, { causal, tiles: "tiled", subgroups });
+        backward(sum(mul(o, tensor(gd, qs))));
+        const r = [o, q.grad!, k.grad!, v.grad!];
+        q.grad = k.grad = v.grad = null;
+        return r;
+      });
+      const got = await Promise.all(outs.map((t) => t.toArray()));
+      outs.forEach((t) => t.dispose());
+      const err = Math.max(
+        maxAbs(got[0], ref.o),
+        maxAbs(got[1], ref.dq),
+        maxAbs(got[2], ref.dk),
+        maxAbs(got[3], ref.dv),
+      );
+      log({
+        what: `check attention tiled${subgroups ? " subgroups" : ""}`,
+        size: `${size} O,dQ,dK,dV vs f64`,
+        maxErr: err,
+        ok: err < 2e-4,
+      });
+    }
+  });
+}
+
+// Matmul variants a GPU may pick or the tile sweep measures: double-buffered tiles, split-k,
+// f16 operands (f32 accumulation), against float64.
+{
+  const M = 129, N = 257, K = 517;
+  const a = rand(M * K, 31), b = rand(K * N, 32);
+  const variants: [string, MatmulTile, boolean][] = [
+    [
+      "double-buffered 8x8",
+      { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 16, double: true },
+      false,
+    ],
+    ["split-k 4", { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16, splitK: 4 }, false],
+    ["f16 operands", { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16, double: true }, true],
+  ];
+  for (const [label, tile, f16] of variants) {
+    await guarded(`check matmul ${label}`, `${M}x${N}x${K}`, async () => {
+      if (f16 && !info.features.includes("shader-f16")) throw new Error("no shader-f16");
+      const [ah, bh] = [a, b].map((x) => new Float16Array(x));
+      const [A, B2] = f16 ? [Float32Array.from(ah), Float32Array.from(bh)] : [a, b];
+      const put = (x: ArrayBufferView) => {
+        const bytes = new Uint8Array(Math.ceil(x.byteLength / 4) * 4); // writes are 4-byte units
+        bytes.set(new Uint8Array(x.buffer, x.byteOffset, x.byteLength));
+        const buf = pool.acquire(bytes.length);
+        upload(buf, bytes);
+        return buf;
+      };
+      const ab = f16 ? put(ah) : put(a), bb = f16 ? put(bh) : put(b);
+      const c = pool.acquire(M * N * 4);
+      matmulKernel(ab, bb, c, denseDims(1, M, N, K), null, tile, {}, { f16A: f16, f16B: f16 });
+      const got = new Float32Array(await readback(c, M * N * 4));
+      [ab, bb, c].forEach((x) => pool.release(x));
+      const err = maxAbs(got, denseMatmulRef(A, B2, 1, M, N, K));
+      log({ what: `check matmul ${label}`, size: `${M}x${N}x${K}`, maxErr: err, ok: err < 1e-3 });
+    });
+  }
+}
+
 await guarded("check softmax", "129x1000", async () => {
   const x = rand(129 * 1000, 5).map((v) => 40 * v);
   const y = tidy(() => softmax(tensor(x, [129, 1000])));
@@ -176,6 +265,12 @@ await guarded("check cosineTopK", "500 x 3001 x 64, k=10", async () => {
 
 // ---- 3. throughput ------------------------------------------------------------------------------
 const quick = args.quick;
+if (args["checks-only"]) {
+  const failed = rows.filter((r) => r.ok === false || r.error).length;
+  console.log(`${failed} check(s) failed`);
+  await writeOut();
+  Deno.exit(failed ? 1 : 0);
+}
 for (const n of quick ? [1024, 2048] : [1024, 2048, 4096]) {
   await guarded("matmul fp32", `${n}^3`, async () => {
     const a = randn([n, n], { seed: 1 }), b = randn([n, n], { seed: 2 });
@@ -183,6 +278,29 @@ for (const n of quick ? [1024, 2048] : [1024, 2048, 4096]) {
     log({ what: "matmul fp32", size: `${n}^3`, ms, gflops: 2 * n ** 3 / ms / 1e6 });
     a.dispose();
     b.dispose();
+  });
+}
+
+// f16 operands with f32 accumulation (where shader-f16 exists): the same product, half the bytes.
+if (info.features.includes("shader-f16")) {
+  await guarded("matmul f16 operands", "4096^3", async () => {
+    const n = quick ? 2048 : 4096;
+    const h = new Float16Array(rand(n * n, 3));
+    const a = pool.acquire(n * n * 2), b = pool.acquire(n * n * 2), c = pool.acquire(n * n * 4);
+    upload(a, h);
+    upload(b, h);
+    const d = denseDims(1, n, n, n);
+    const ms = await timeIt(
+      () => matmulKernel(a, b, c, d, null, undefined, {}, { f16A: true, f16B: true }),
+      10,
+    );
+    log({
+      what: "matmul f16 operands, f32 acc",
+      size: `${n}^3`,
+      ms,
+      gflops: 2 * n ** 3 / ms / 1e6,
+    });
+    [a, b, c].forEach((x) => pool.release(x));
   });
 }
 
@@ -204,6 +322,24 @@ for (
     log({ what: "attention fused fwd", size, ms: f, gflops: flops / f / 1e6 });
     const u = await timeIt(() => attentionUnfused(q, k, v, { causal }), 10);
     log({ what: "attention unfused fwd", size, ms: u, gflops: flops / u / 1e6 });
+    // The row kernel the GPUs ran before the tiled one (bench/GPU.md: 17.5 ms at B=64).
+    const r = await timeIt(() => attention(q, k, v, { causal, tiles: "shared" }), 5);
+    log({ what: "attention row kernel fwd", size, ms: r, gflops: flops / r / 1e6 });
+    if (B === 64) {
+      // Forward + backward (dQ, dK, dV), fused vs unfused.
+      for (const t of [q, k, v]) t.requiresGrad = true;
+      const fb = (f: typeof attention) => () => {
+        backward(sum(f(q, k, v, { causal })));
+        for (const t of [q, k, v]) {
+          t.grad?.dispose();
+          t.grad = null;
+        }
+      };
+      const ff = await timeIt(fb(attention), 5);
+      log({ what: "attention fused fwd+bwd", size, ms: ff, gflops: 3.5 * flops / ff / 1e6 });
+      const uu = await timeIt(fb(attentionUnfused), 5);
+      log({ what: "attention unfused fwd+bwd", size, ms: uu, gflops: 3.5 * flops / uu / 1e6 });
+    }
     [q, k, v].forEach((t) => t.dispose());
   });
 }
@@ -250,20 +386,26 @@ if (!args["no-vit"]) {
       log({ what: "ViT-B/16 image embedding", size: `batch ${B}`, ms, imagesPerS: B / ms * 1e3 });
       x.dispose();
     }
-    // Training step of the image tower: forward + backward into every weight (no optimiser).
+    // Training step of the image tower: forward + backward into every weight + AdamW (what
+    // bench/torch_peer.py times for torchvision's ViT-B/16).
     const B = 32;
     const x = randn([B, 3, 224, 224], { seed: 11 });
+    const params = model.visual.parameters();
+    for (const p of params) p.requiresGrad = true;
+    const opt = new AdamW(params, { lr: 1e-5 });
     const step = () => {
       const loss = mean(model.encodeImage(x));
       backward(loss);
-      for (const p of model.visual.parameters()) {
-        p.grad?.dispose();
-        p.grad = null;
-      }
+      opt.step();
+      opt.zeroGrad();
     };
-    for (const p of model.visual.parameters()) p.requiresGrad = true;
     const ms = await timeIt(step, 3, 1);
-    log({ what: "ViT-B/16 forward+backward", size: `batch ${B}`, ms, imagesPerS: B / ms * 1e3 });
+    log({
+      what: "ViT-B/16 train step (fwd+bwd+AdamW)",
+      size: `batch ${B}`,
+      ms,
+      imagesPerS: B / ms * 1e3,
+    });
     x.dispose();
     model.dispose();
   });
@@ -275,7 +417,11 @@ console.log(
     (stats.allocatedBytes / 2 ** 20).toFixed(1)
   } MiB allocated; ${counters.submits} submits, ${counters.dispatches} dispatches`,
 );
-if (args.out) {
+await writeOut();
+
+/** The rows so far, as JSON, to `--out`. */
+async function writeOut(): Promise<void> {
+  if (!args.out) return;
   await Deno.writeTextFile(
     args.out,
     JSON.stringify({ adapter: info, date: new Date().toISOString(), rows }, null, 1),

@@ -89,11 +89,23 @@ const candidates: MatmulTile[] = [
   { kind: "shared", TM: 8, TN: 8, WX: 8, WY: 16, BK: 16 },
   { kind: "shared", TM: 8, TN: 8, WX: 8, WY: 8, BK: 32 },
   { kind: "shared", TM: 4, TN: 4, WX: 8, WY: 8, BK: 16 },
+  // Issue 9: double-buffered tiles, split-k for products with few output tiles, texture inputs.
+  { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 16, double: true },
+  { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 8, double: true },
+  { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16, double: true },
+  { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 16, splitK: 2 },
+  { kind: "shared", TM: 8, TN: 8, WX: 16, WY: 16, BK: 16, splitK: 4 },
+  { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16, splitK: 2 },
+  { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16, double: true, splitK: 4 },
+  { TM: 32, TN: 32, WX: 8, WY: 1, rowsFirst: true, KU: 2, textures: true },
+  { TM: 16, TN: 16, WX: 8, WY: 1, rowsFirst: true, textures: true },
+  { TM: 32, TN: 32, WX: 8, WY: 1, rowsFirst: true, KU: 2, textures: "B" },
 ];
 const tiles = candidates.filter((t) =>
   t.WX * t.WY <= limits.maxComputeInvocationsPerWorkgroup &&
   (t.kind !== "shared" ||
-    (t.BK ?? 8) * (t.TM * t.WY + t.TN * t.WX) * 4 <= limits.maxComputeWorkgroupStorageSize)
+    (t.double ? 2 : 1) * (t.BK ?? 8) * (t.TM * t.WY + t.TN * t.WX) * 4 <=
+      limits.maxComputeWorkgroupStorageSize)
 );
 const isCpu = isCpuAdapter(g.adapter);
 
@@ -128,6 +140,8 @@ for (const s of shapes) {
     if (isCpu && t.kind === "shared" && flops > 4e9) continue;
     // On a GPU the register tiles are for reference only: one of them.
     if (!isCpu && (t.kind ?? "register") === "register" && (t.TM !== 16 || t.TN !== 8)) continue;
+    // On a CPU adapter the register tiles (with and without textures) are what matters.
+    if (isCpu && (t.double || t.splitK)) continue;
     const key = JSON.stringify(t);
     try {
       // GPU time per product: (T(2n) - T(n)) / n cancels the fixed cost of a submit and wait

@@ -261,3 +261,100 @@ export async function loadOrt(): Promise<Peer> {
     },
   };
 }
+
+// ---- jax-js -----------------------------------------------------------------------------------
+
+/**
+ * Load jax-js (@jax-js/jax) on its WebGPU device: it generates its own WGSL and fuses
+ * elementwise work under `jit`. Every workload is one `jit`-compiled function (its first call,
+ * untimed, compiles). jax-js arrays are reference-counted: a call consumes its arguments, so
+ * inputs are passed as `x.ref`. jax-js is lazy, so each run calls `blockUntilReady()` on its
+ * outputs at once (which submits them) and the wait awaits those, then `onSubmittedWorkDone()` on
+ * jax-js's device. Throws when jax-js finds no WebGPU device.
+ */
+export async function loadJax(): Promise<Peer> {
+  const jax = await import("@jax-js/jax");
+  const { numpy: np, nn, lax } = jax;
+  const devices = await jax.init();
+  if (!devices.includes("webgpu")) {
+    throw new Error(`jax-js found no WebGPU device (devices: ${devices.join(", ")})`);
+  }
+  jax.defaultDevice("webgpu");
+  const dev = jax.getWebGPUDevice() as unknown as GPUDevice & { adapterInfo?: GPUAdapterInfo };
+  type A = InstanceType<typeof jax.Array>;
+  const pkg = "@jax-js/jax";
+  let version = "0.1.25"; // what deno.json pins; a bundle (bench/gpu_check.sh) cannot resolve it
+  try {
+    version = /jax-js[+/]jax@([\w.-]+)/.exec(import.meta.resolve("@jax-js/jax"))?.[1] ?? version;
+  } catch { /* bundled */ }
+  const arr = (x: Float32Array, shape: number[]) =>
+    np.array(new Float32Array(x) as Float32Array<ArrayBuffer>).reshape(shape);
+  // jax-js is lazy: an output disposed before it is realised is never computed. So every run
+  // starts realising its output at once (blockUntilReady submits it, then waits in the
+  // background), outputs are kept until the wait, and the wait awaits all of them.
+  const runner = (inputs: A[], f: (...xs: A[]) => A | A[]): Runner => {
+    const g = jax.jit(f as (...xs: A[]) => A);
+    let outs: A[][] = [];
+    let ready: Promise<unknown>[] = [];
+    const last = () => outs[outs.length - 1];
+    const drop = (keep: number) => {
+      for (const o of outs.slice(0, outs.length - keep)) o.forEach((t) => t.dispose());
+      outs = outs.slice(outs.length - keep);
+    };
+    return {
+      run() {
+        const r = g(...inputs.map((x) => x.ref)) as unknown as A | A[];
+        const o = Array.isArray(r) ? r : [r];
+        outs.push(o);
+        ready.push(...o.map((t) => t.ref.blockUntilReady()));
+      },
+      async wait() {
+        await Promise.all(ready);
+        ready = [];
+        await dev.queue.onSubmittedWorkDone();
+        drop(1);
+      },
+      async result() {
+        const out = Float32Array.from(await last()[0].ref.data() as Float32Array);
+        const indices = last()[1]
+          ? Int32Array.from(await last()[1].ref.data() as ArrayLike<number>)
+          : undefined;
+        return { out, indices };
+      },
+      dispose() {
+        drop(0);
+        inputs.forEach((t) => t.dispose());
+      },
+    };
+  };
+  return {
+    name: `jax-js ${version} (${pkg}, jit)`,
+    adapter: dev.adapterInfo?.description || "jax-js webgpu device",
+    matmul(M, N, K, A, B) {
+      return Promise.resolve(
+        runner([arr(A, [M, K]), arr(B, [K, N])], (a, b) => np.matmul(a, b)),
+      );
+    },
+    attention(shape, qd, kd, vd, scale) {
+      const [q, k, v] = [qd, kd, vd].map((x) => arr(x, shape));
+      return Promise.resolve(runner([q, k, v], (q, k, v) =>
+        np.matmul(
+          nn.softmax(np.matmul(q, np.swapaxes(k, -1, -2)).mul(scale), -1),
+          v,
+        )));
+    },
+    softmax(rows, n, x) {
+      return Promise.resolve(runner([arr(x, [rows, n])], (t) => nn.softmax(t, -1)));
+    },
+    cosineTopK(N, M, d, Q, K, k) {
+      const unit = (x: A) => {
+        const norm = np.sqrt(np.sum(x.ref.mul(x.ref), -1, { keepdims: true }));
+        return x.div(np.maximum(norm, 1e-12));
+      };
+      return Promise.resolve(runner([arr(Q, [N, d]), arr(K, [M, d])], (q, kk) => {
+        const [values, indices] = lax.topK(np.matmul(unit(q), np.swapaxes(unit(kk), 0, 1)), k);
+        return [values, indices];
+      }));
+    },
+  };
+}

@@ -43,7 +43,7 @@ def main():
     def rnd(*shape):
         return torch.randn(*shape, generator=g).to(dev)
 
-    sizes = [1024, 2048] if a.quick else [1024, 2048, 4096]
+    sizes = [1024, 2048, 4096]
     if dev.type == "cpu":
         sizes = [1024]
     for n in sizes:
@@ -57,14 +57,16 @@ def main():
         rows.append({"op": "matmul tf32 (reference)", "size": "4096^3", "ms": t * 1e3, "gflops": 2 * 4096**3 / t / 1e9})
         torch.backends.cuda.matmul.allow_tf32 = False
 
-    B, H, T, D = 8, 12, 197, 64
-    q, k, v = rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, D)
-    flops = 4 * B * H * T * T * D
-    if hasattr(F, "scaled_dot_product_attention"):  # torch >= 2.0
-        t = timeit(lambda: F.scaled_dot_product_attention(q, k, v), sync)
-        rows.append({"op": "attention sdpa", "size": f"B{B} H{H} T{T} D{D}", "ms": t * 1e3, "gflops": flops / t / 1e9})
-    t = timeit(lambda: torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D), -1) @ v, sync)
-    rows.append({"op": "attention unfused", "size": f"B{B} H{H} T{T} D{D}", "ms": t * 1e3, "gflops": flops / t / 1e9})
+    for B in [8, 64] if dev.type == "cuda" else [8]:
+        H, T, D = 12, 197, 64
+        q, k, v = rnd(B, H, T, D), rnd(B, H, T, D), rnd(B, H, T, D)
+        flops = 4 * B * H * T * T * D
+        size = f"B{B} H{H} T{T} D{D}"
+        if hasattr(F, "scaled_dot_product_attention"):  # torch >= 2.0
+            t = timeit(lambda: F.scaled_dot_product_attention(q, k, v), sync)
+            rows.append({"op": "attention sdpa", "size": size, "ms": t * 1e3, "gflops": flops / t / 1e9})
+        t = timeit(lambda: torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(D), -1) @ v, sync)
+        rows.append({"op": "attention unfused", "size": size, "ms": t * 1e3, "gflops": flops / t / 1e9})
 
     s = rnd(4096, 1024)
     t = timeit(lambda: torch.softmax(s, -1), sync)
@@ -91,6 +93,20 @@ def main():
         with torch.no_grad():
             t = timeit(lambda: vit(img), sync, iters=5, warmup=2)
         rows.append({"op": "ViT-B/16 forward (torchvision)", "size": f"batch {bs}", "ms": t * 1e3, "images_per_s": bs / t})
+        # Training step: forward + backward into every weight + AdamW, batch 32 (what
+        # bench/gpu_bench.ts times for this engine's ViT-B/16 image tower).
+        vit.train()
+        opt = torch.optim.AdamW(vit.parameters(), lr=1e-5)
+        tb = 32
+        timg = rnd(tb, 3, 224, 224)
+
+        def step():
+            vit(timg).mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        t = timeit(step, sync, iters=5, warmup=2)
+        rows.append({"op": "ViT-B/16 train step fwd+bwd+AdamW (torchvision)", "size": f"batch {tb}", "ms": t * 1e3, "images_per_s": tb / t})
     except Exception as e:  # torchvision missing: say so
         rows.append({"op": "ViT-B/16 forward", "error": str(e)})
 

@@ -48,7 +48,7 @@ import { denseDims } from "../kernels/matmul_ref.ts";
 const USAGE = `deno task wgsl <kernel> <sizes...> [options]: the WGSL a call runs on this device
 
   matmul M N K        [--batch B] [--ta] [--tb] [--bias] [--act gelu|...] [--pre] [--tile JSON]
-  attention B H T D   [--tk Tk] [--causal] [--tiles shared|direct|blocked]  (forward + backward)
+  attention B H T D   [--tk Tk] [--causal] [--tiles tiled|shared|direct|blocked] (fwd + bwd)
   softmax ROWS N      [--log] [--threads T]                                 (forward + backward)
   layernorm ROWS N    [--threads T]                                         (forward + backward)
   l2norm ROWS N                                                             (forward + backward)
@@ -104,7 +104,11 @@ function size(i: number, name: string): number {
   return v;
 }
 
-await init({ tuning: opt.gpu ? { cpu: false } : opt.cpu ? { cpu: true } : {} });
+// The stored tuning (if any) applies; printing never runs the first-use sweep.
+await init({
+  tuning: opt.gpu ? { cpu: false } : opt.cpu ? { cpu: true } : {},
+  tune: "cache",
+});
 const { generation } = gpu();
 /** A stand-in buffer of `floats` floats: launches only read its size while capturing. */
 const buf = (floats: number): Buf => ({

@@ -19,12 +19,23 @@
  *
  * Causal masking is top-left aligned like PyTorch's `is_causal`: query i sees keys j <= i.
  */
+import {
+  RB_KPL,
+  RB_QPL,
+  rowsDkvCode,
+  rowsDqCode,
+  rowsForwardCode,
+  RW_LANES,
+  RW_QPL,
+} from "./attention_rows.ts";
+import { type FlashTile, flashTile, tiledBackward, tiledForward } from "./attention_tiled.ts";
 import { gpu } from "./device.ts";
 import { type Buf, dispatch, grid } from "./runtime.ts";
 import type { TileMode } from "./tune.ts";
 import { codeCache, FLAT_WG, NEG_BIG_WGSL, Params } from "./wgsl.ts";
 
 export type { TileMode } from "./tune.ts";
+export type { FlashTile } from "./attention_tiled.ts";
 
 /** Largest head dimension the kernels are compiled for. */
 export const MAX_HEAD_DIM = 128;
@@ -37,37 +48,42 @@ const SHARED_BYTES = 16384;
 const MAX_TILE = 32;
 
 /**
- * How a launch reads the K/V (or Q/dO) tiles ({@link TileMode}): `shared` stages them in
- * workgroup memory (real GPUs), `direct` reads them from the storage buffers (CPU adapters: on
+ * Which kernels a launch runs ({@link TileMode}): `tiled` is the flash attention for GPUs
+ * (`attention_tiled.ts`); the row kernels here read the K/V (or Q/dO) tiles in one of three
+ * ways: `shared` stages them in workgroup memory, `direct` reads them from the storage buffers (CPU adapters: on
  * llvmpipe the ViT-B/16 forward took 195 ms direct vs 243 ms shared), `blocked` is `direct`
- * except that the forward uses the lanes-along-queries kernel {@link rowsForwardCode} when
+ * except that it uses the lanes-along-rows kernels of `attention_rows.ts` when
  * D % 4 == 0 (on llvmpipe ViT-B/16 about 3x faster than `direct`, ~0.75x the unfused
  * composition). `tiles` (a call's option) wins, then the device's `tuning.attentionTiles`; `auto`
- * picks `shared` on GPUs and `blocked` on CPU adapters.
+ * picks `tiled` on GPUs and `blocked` on CPU adapters. (On an NVIDIA H200 the `shared` row kernel
+ * ran ViT-B/16 attention at B=64 in 17.5 ms against 4.3 ms for matmul-softmax-matmul.)
  */
 export function attentionTileMode(tiles: TileMode = "auto"): Exclude<TileMode, "auto"> {
   const { tuning } = gpu();
   const mode = tiles !== "auto" ? tiles : tuning.attentionTiles;
   if (mode !== "auto") return mode;
-  return tuning.cpu ? "blocked" : "shared";
+  return tuning.cpu ? "blocked" : "tiled";
 }
 
 /** Per-call options of the attention kernels (tests and benchmarks). */
 export interface AttentionLaunchOptions {
   /** Force a tile mode (default: the device's choice, see {@link attentionTileMode}). */
   tiles?: TileMode;
+  /** `tiled` only: force the thread grid (default {@link flashTile} for the adapter). */
+  flash?: FlashTile;
+  /**
+   * `tiled` forward only: use subgroup shuffles for the row reductions (default: the device's
+   * `tuning.subgroups`; true needs the `subgroups` feature).
+   */
+  subgroups?: boolean;
 }
 
-/** Lanes of the {@link rowsForwardCode} workgroup: one AVX2 vector on llvmpipe. */
-const RW_LANES = 8;
-/**
- * Queries per lane of {@link rowsForwardCode}. Measured on llvmpipe (2 cores) for ViT-B/16,
- * fused / unfused time with keys per block 2: 4 -> 0.92, 6 -> 0.76, 8 -> 0.69; but the fully
- * unrolled kernel grows with it and Mesa's GL compiler needs ~1.2 s, ~1.9 s, ~2.9 s (first call).
- */
-const RW_QPL = 6;
-/** Keys per block of {@link rowsForwardCode} (its loop body is unrolled over them). */
-const RW_KB = 2;
+/** The tiled kernels' grid for this launch: the option, else the adapter's. */
+function launchFlashTile(opts: AttentionLaunchOptions): FlashTile {
+  const { limits } = gpu().adapter;
+  return opts.flash ??
+    flashTile(limits.maxComputeWorkgroupStorageSize, limits.maxComputeInvocationsPerWorkgroup);
+}
 
 /** Sizes of one attention call. */
 export interface AttentionDims {
@@ -238,99 +254,6 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3
     for (var c = 0u; c < D4; c++) { stO(qrow, c, acc[c] * inv); }
     LSE[qrow] = m + log(l);
   }
-}`;
-}
-
-/**
- * Forward for CPU adapters (D % 4 == 0) with lanes along queries: each of the {@link RW_LANES}
- * lanes owns {@link RW_QPL} queries (their scaled Q rows, running max, sum and output in
- * registers, spilled to the stack by the compiler), and the workgroup walks the keys in blocks of
- * {@link RW_KB}. Every K and V load has the same address in all lanes, so llvmpipe emits one
- * scalar load and a broadcast instead of a per-lane gather (its costliest operation), and the
- * softmax needs no workgroup memory and no barrier. Fully unrolled over D (named registers).
- */
-function rowsForwardCode(d4: number): string {
-  const W = RW_LANES, R = RW_QPL, KB = RW_KB;
-  const range = (n: number) => [...Array(n).keys()];
-  const pre: string[] = [];
-  for (const r of range(R)) {
-    pre.push(`let qi${r} = q0 + ${r * W}u + li;`);
-    pre.push(`let qr${r} = (qb + min(qi${r}, p.tq - 1u)) * D4;`);
-    pre.push(`var lim${r} = p.tk; if (p.causal != 0u) { lim${r} = min(p.tk, qi${r} + 1u); }`);
-    pre.push(`var m${r} = NEG; var l${r} = 0.0;`);
-    for (const c of range(d4)) {
-      pre.push(`let q${r}_${c} = Q[qr${r} + ${c}u] * p.scale; var o${r}_${c} = vec4<f32>(0.0);`);
-    }
-  }
-  const blk: string[] = [];
-  for (const j of range(KB)) blk.push(`let kr${j} = (kb + min(k0 + ${j}u, p.tk - 1u)) * D4;`);
-  // S = Q K^T for the block.
-  for (const j of range(KB)) {
-    for (const r of range(R)) blk.push(`var a${r}_${j} = vec4<f32>(0.0);`);
-    for (const c of range(d4)) {
-      blk.push(`{ let k = K[kr${j} + ${c}u];`);
-      for (const r of range(R)) blk.push(`  a${r}_${j} = fma(q${r}_${c}, k, a${r}_${j});`);
-      blk.push(`}`);
-    }
-  }
-  // Online softmax per row, in registers.
-  for (const r of range(R)) {
-    for (const j of range(KB)) {
-      blk.push(`let v${r}_${j} = k0 + ${j}u < lim${r};`);
-      blk.push(
-        `let s${r}_${j} = select(NEG, a${r}_${j}.x + a${r}_${j}.y + a${r}_${j}.z + a${r}_${j}.w, v${r}_${j});`,
-      );
-    }
-    blk.push(`let mx${r} = ${range(KB).reduce((e, j) => `max(${e}, s${r}_${j})`, `m${r}`)};`);
-    blk.push(`let al${r} = exp(m${r} - mx${r});`);
-    for (const j of range(KB)) {
-      blk.push(`let p${r}_${j} = select(0.0, exp(s${r}_${j} - mx${r}), v${r}_${j});`);
-    }
-    blk.push(`l${r} = l${r} * al${r} + ${range(KB).map((j) => `p${r}_${j}`).join(" + ")};`);
-    blk.push(`m${r} = mx${r};`);
-    for (const c of range(d4)) blk.push(`o${r}_${c} *= al${r};`);
-  }
-  // O += P V.
-  for (const j of range(KB)) {
-    for (const c of range(d4)) {
-      blk.push(`{ let v = V[kr${j} + ${c}u];`);
-      for (const r of range(R)) {
-        blk.push(`  o${r}_${c} = fma(vec4<f32>(p${r}_${j}), v, o${r}_${c});`);
-      }
-      blk.push(`}`);
-    }
-  }
-  const fin: string[] = [];
-  for (const r of range(R)) {
-    fin.push(`if (qi${r} < p.tq) {`);
-    fin.push(`  let inv = 1.0 / l${r};`);
-    for (const c of range(d4)) fin.push(`  O[qr${r} + ${c}u] = o${r}_${c} * inv;`);
-    fin.push(`  LSE[qb + qi${r}] = m${r} + log(l${r});`);
-    fin.push(`}`);
-  }
-  return /* wgsl */ `${header(d4)}
-const BQ = ${W * R}u;
-${binding(1, "Q", "vec4<f32>")}
-${binding(2, "K", "vec4<f32>")}
-${binding(3, "V", "vec4<f32>")}
-${binding(4, "O", "vec4<f32>", true)}
-${binding(5, "LSE", "f32", true)}
-@compute @workgroup_size(${W})
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-        @builtin(local_invocation_index) li: u32) {
-  let flat = ${FLAT_WG};
-  if (flat >= p.bh * p.ntile) { return; }
-  let bh = flat / p.ntile;
-  let q0 = (flat % p.ntile) * BQ;
-  let qb = bh * p.tq;
-  let kb = bh * p.tk;
-  ${pre.join("\n  ")}
-  var kEnd = p.tk;
-  if (p.causal != 0u) { kEnd = min(p.tk, q0 + BQ); }
-  for (var k0 = 0u; k0 < kEnd; k0 += ${KB}u) {
-    ${blk.join("\n    ")}
-  }
-  ${fin.join("\n  ")}
 }`;
 }
 
@@ -509,6 +432,11 @@ export function attentionForwardKernel(
   const d4 = Math.ceil(d.d / 4);
   const vec = d.d % 4 === 0;
   const mode = attentionTileMode(opts.tiles);
+  if (mode === "tiled") {
+    const sg = opts.subgroups ?? gpu().tuning.subgroups;
+    tiledForward(q, k, v, o, lse, d, launchFlashTile(opts), sg);
+    return;
+  }
   if (mode === "blocked" && vec) {
     const ntile = Math.ceil(d.tq / (RW_LANES * RW_QPL));
     const name = `attention_fwd_rows_d${d.d}`;
@@ -564,9 +492,42 @@ export function attentionBackwardKernel(
     new Params().u32(rows, d.d).build(),
     grid(Math.ceil(rows / 64)),
   );
+  if (dk && !dv || dv && !dk) {
+    throw new Error("attention backward: dk and dv are computed together; pass both or neither");
+  }
+  const mode = attentionTileMode(opts.tiles);
+  if (mode === "tiled") {
+    tiledBackward(q, k, v, lse, dO, delta, dq, dk, dv, d, launchFlashTile(opts));
+    return;
+  }
+  if (mode === "blocked" && vec) {
+    // Lanes along queries (dQ) and along keys (dK, dV), uniform loads of the other side.
+    if (dq) {
+      const ntile = Math.ceil(d.tq / (RW_LANES * RB_QPL));
+      const name = `attention_dq_rows_d${d.d}`;
+      dispatch(
+        name,
+        cached(name, () => rowsDqCode(d4)),
+        [q, k, v, dO, lse, delta, dq],
+        params(d, ntile),
+        grid(d.bh * ntile),
+      );
+    }
+    if (dk && dv) {
+      const ntile = Math.ceil(d.tk / (RW_LANES * RB_KPL));
+      const name = `attention_dkv_rows_d${d.d}`;
+      dispatch(
+        name,
+        cached(name, () => rowsDkvCode(d4)),
+        [q, k, v, dO, lse, delta, dk, dv],
+        params(d, ntile),
+        grid(d.bh * ntile),
+      );
+    }
+    return;
+  }
   const tile = tileRows(d4);
-  // The backward has no blocked kernel: `blocked` reads the tiles directly.
-  const shared = attentionTileMode(opts.tiles) === "shared";
+  const shared = mode === "shared";
   const sfx = shared ? "" : "_direct";
   if (dq) {
     const ntile = Math.ceil(d.tq / ROWS);

@@ -24,6 +24,15 @@ export interface InitOptions {
    * GPU kernels on a CPU adapter. Env: `CLIPIT_MATMUL_KIND=register|shared` for `matmulKind`.
    */
   tuning?: Partial<Tuning>;
+  /**
+   * CPU adapters: choose the matmul inputs and tile by a short measured sweep on first use,
+   * cached on disk per adapter (`autotune.ts`). `true` (default; env `CLIPIT_TUNE=off` turns it
+   * off): read the cache, measure when it has no entry; `"cache"`: read the cache, never
+   * measure; `false`: the fixed table only (tests: deterministic).
+   */
+  tune?: boolean | "cache";
+  /** Where warnings go (a corrupt tuning cache); default `console.warn`. */
+  onWarning?: (message: string) => void;
 }
 
 /** What the adapter is and what it allows; read once, before the device is requested. */
@@ -47,6 +56,7 @@ export interface AdapterDescription {
     maxComputeWorkgroupSizeX: number;
     maxComputeWorkgroupsPerDimension: number;
     maxStorageBuffersPerShaderStage: number;
+    maxTextureDimension2D: number;
   };
   /** The WebGPU backend Deno used, when known (`DENO_WEBGPU_BACKEND`). */
   backend: string;
@@ -140,6 +150,7 @@ function describe(adapter: GPUAdapter): AdapterDescription {
       maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
       maxComputeWorkgroupsPerDimension: l.maxComputeWorkgroupsPerDimension,
       maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+      maxTextureDimension2D: l.maxTextureDimension2D,
     },
     backend: envString("DENO_WEBGPU_BACKEND") ?? "default",
   };
@@ -166,6 +177,7 @@ async function create(opts: InitOptions): Promise<Gpu> {
     maxComputeInvocationsPerWorkgroup: l.maxComputeInvocationsPerWorkgroup,
     maxComputeWorkgroupSizeX: l.maxComputeWorkgroupSizeX,
     maxStorageBuffersPerShaderStage: l.maxStorageBuffersPerShaderStage,
+    maxTextureDimension2D: l.maxTextureDimension2D,
   };
   if (l.maxStorageBuffersPerShaderStage < 6 || l.maxComputeInvocationsPerWorkgroup < 256) {
     throw new GpuError(
@@ -175,7 +187,7 @@ async function create(opts: InitOptions): Promise<Gpu> {
     );
   }
   const features: GPUFeatureName[] = [];
-  for (const f of ["timestamp-query", "shader-f16"] as GPUFeatureName[]) {
+  for (const f of ["timestamp-query", "shader-f16", "subgroups"] as GPUFeatureName[]) {
     if (adapter.features.has(f)) features.push(f);
   }
   const device = await adapter.requestDevice({
@@ -218,11 +230,25 @@ async function create(opts: InitOptions): Promise<Gpu> {
  */
 export function init(opts: InitOptions = {}): Promise<Gpu> {
   if (current) return Promise.resolve(current);
-  pending ??= create(opts).then((g) => (current = g)).catch((e) => {
+  pending ??= create(opts).then(async (g) => {
+    current = g;
+    await applyMeasuredTuning(g, opts);
+    return g;
+  }).catch((e) => {
     pending = null;
     throw e;
   });
   return pending;
+}
+
+/** The measured matmul preference for a CPU adapter (see `autotune.ts`), when enabled. */
+async function applyMeasuredTuning(g: Gpu, opts: InitOptions): Promise<void> {
+  if (!g.tuning.cpu || g.tuning.matmul || g.tuning.matmulKind === "shared") return;
+  const { autotuneMatmul, tuneEnabledByEnv } = await import("./autotune.ts");
+  const mode = opts.tune ?? (tuneEnabledByEnv() ? true : false);
+  if (mode === false) return;
+  const warn = opts.onWarning ?? ((m: string) => console.warn(`warning: ${m}`));
+  await autotuneMatmul(g, mode === "cache" ? "cache" : "measure", warn);
 }
 
 /** The initialised device; throws if `init()` has not finished or an error is pending. */

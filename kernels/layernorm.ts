@@ -28,30 +28,52 @@ import {
 
 const cached = codeCache();
 
-function forwardCode(plan: RowPlan, hasW: boolean, hasB: boolean): string {
-  let bind = 2;
+function forwardCode(plan: RowPlan, hasW: boolean, hasB: boolean, residual = false): string {
+  let bind = residual ? 3 : 2;
   const wDecl = hasW ? `@group(0) @binding(${bind++}) var<storage, read> w: array<V>;` : "";
   const bDecl = hasB ? `@group(0) @binding(${bind++}) var<storage, read> b: array<V>;` : "";
   const affine = `(xv - V(mu)) * V(r)${hasW ? " * w[j]" : ""}${hasB ? " + b[j]" : ""}`;
+  const yBind = bind++, sBind = bind++;
+  // With a residual, x + res is normalised and also stored (into h): cached plans add in
+  // registers, streamed ones write h in the first pass and read it back in the others.
+  let load = cacheUnits(plan, ["x"]);
+  let first = eachUnit(plan, ["x"], "s += hsum(xv);");
+  let rest = (body: string) => eachUnit(plan, ["x"], body);
+  if (residual) {
+    if (plan.vpt > 0) {
+      const add: string[] = [];
+      for (let k = 0; k < plan.vpt; k++) {
+        const j = `first + ${k * plan.tpr}u`;
+        add.push(`x${k} += res${k}; if (${j} < p.units) { h[base + ${j}] = x${k}; }`);
+      }
+      load = `${cacheUnits(plan, ["x", "res"])}\n  ${add.join("\n  ")}`;
+    } else {
+      load = "";
+      first = eachUnit(plan, ["x", "res"], "let t = xv + resv; h[base + j] = t; s += hsum(t);");
+      rest = (body: string) => eachUnit(plan, ["h"], `let xv = hv; ${body}`);
+    }
+  }
   return /* wgsl */ `
 ${rowPrelude(plan)}
 struct P { rows: u32, units: u32, n: f32, eps: f32 }
 @group(0) @binding(0) var<uniform> p: P;
 @group(0) @binding(1) var<storage, read> x: array<V>;
+${residual ? "@group(0) @binding(2) var<storage, read> res: array<V>;" : ""}
 ${wDecl}
 ${bDecl}
-@group(0) @binding(${bind++}) var<storage, read_write> y: array<V>;
-@group(0) @binding(${bind++}) var<storage, read_write> stats: array<vec2<f32>>;
+@group(0) @binding(${yBind}) var<storage, read_write> y: array<V>;
+@group(0) @binding(${sBind}) var<storage, read_write> stats: array<vec2<f32>>;
+${residual ? `@group(0) @binding(${sBind + 1}) var<storage, read_write> h: array<V>;` : ""}
 ${treeReduce("rsum", "f32", plan, "a + b")}
 ${rowMain(plan)}
-  ${cacheUnits(plan, ["x"])}
+  ${load}
   var s = 0.0;
-  ${eachUnit(plan, ["x"], "s += hsum(xv);")}
+  ${first}
   let mu = rsum(s, li) / p.n;
   var q = 0.0;
-  ${eachUnit(plan, ["x"], "let dv = xv - V(mu); q += hsum(dv * dv);")}
+  ${rest("let dv = xv - V(mu); q += hsum(dv * dv);")}
   let r = inverseSqrt(rsum(q, li) / p.n + p.eps);
-  ${eachUnit(plan, ["x"], `y[base + j] = ${affine};`)}
+  ${rest(`y[base + j] = ${affine};`)}
   if (lead) { stats[row] = vec2<f32>(mu, r); }
 }`;
 }
@@ -173,10 +195,18 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) l
 }`;
 }
 
+/** A residual fused into {@link layerNormForward}: `res` is added to x first, the sum stored in `h`. */
+export interface LayerNormResidual {
+  res: Buf;
+  h: Buf;
+}
+
 /**
  * Forward layer norm of [rows, n] `x` into `y`, with optional per-column `w` and `b` ([n]);
  * writes `stats` [rows, 2] = (mean, rstd) for {@link layerNormBackwardInput} /
- * {@link layerNormBackwardParams}. `opts` overrides the launch shape (tests).
+ * {@link layerNormBackwardParams}. With `residual`, normalises x + res instead and also stores
+ * that sum (a transformer block's residual add and the next layer norm in one pass; the backward
+ * then takes `h` as its x). `opts` overrides the launch shape (tests).
  */
 export function layerNormForward(
   x: Buf,
@@ -188,12 +218,22 @@ export function layerNormForward(
   n: number,
   eps: number,
   opts: RowOptions = {},
+  residual: LayerNormResidual | null = null,
 ): void {
   if (rows === 0 || n === 0) return;
   const plan = rowPlan(n, rows, opts);
-  const name = `layernorm_${planKey(plan)}${w ? "_w" : ""}${b ? "_b" : ""}`;
-  const code = cached(name, () => forwardCode(plan, w !== null, b !== null));
-  const bufs = [x, ...(w ? [w] : []), ...(b ? [b] : []), y, stats];
+  const name = `layernorm_${planKey(plan)}${w ? "_w" : ""}${b ? "_b" : ""}` +
+    (residual ? "_res" : "");
+  const code = cached(name, () => forwardCode(plan, w !== null, b !== null, residual !== null));
+  const bufs = [
+    x,
+    ...(residual ? [residual.res] : []),
+    ...(w ? [w] : []),
+    ...(b ? [b] : []),
+    y,
+    stats,
+    ...(residual ? [residual.h] : []),
+  ];
   const params = new Params().u32(rows, plan.units).f32(n, eps).build();
   dispatch(name, code, bufs, params, rowGrid(plan, rows));
 }

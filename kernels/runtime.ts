@@ -12,6 +12,10 @@
  * that read them are still being recorded: later dispatches in the same queue run after them. The
  * one unsafe case, a CPU upload into a buffer that an unsubmitted dispatch still reads, is handled
  * by {@link upload}, which submits first.
+ *
+ * Also here, because they share the recording state (the open encoder and compute pass): copies
+ * of buffers into operand textures ({@link copyToTexture}) and per-kernel GPU timing with
+ * timestamp queries ({@link startProfile}). One file for one state machine.
  */
 import { checkErrors, deferError, gpu, GpuError, lostPromise, onNewDevice } from "./device.ts";
 
@@ -27,7 +31,7 @@ export interface Buf {
 }
 
 /** Throw a clear GpuError when `buf` belongs to a device older than `generation`. */
-function checkLive(buf: Buf, generation: number): void {
+function checkLive(buf: { readonly gen: number }, generation: number): void {
   if (buf.gen !== generation) {
     throw new GpuError(
       "a tensor of a lost WebGPU device was used: tensors do not survive their device; " +
@@ -188,6 +192,79 @@ function ensurePass(): GPUComputePassEncoder {
   return pass;
 }
 
+// ---- textures (operands read through textureLoad on CPU adapters) ----------------------------
+
+/**
+ * A pooled rgba32float texture that holds a buffer's floats as texels (texel t at (t % width,
+ * t / width)), bound to a kernel in place of a storage buffer (see {@link copyToTexture}).
+ */
+export interface Tex {
+  readonly texture: GPUTexture;
+  readonly view: GPUTextureView;
+  readonly width: number;
+  readonly rows: number;
+  readonly gen: number;
+}
+
+const texPool = new Map<string, Tex[]>();
+
+/** A texture of `width` x `rows` texels from the pool (rows rounded up to a power of two). */
+export function acquireTexture(width: number, rows: number): Tex {
+  const h = 2 ** Math.ceil(Math.log2(Math.max(1, rows)));
+  const key = `${width}x${h}`;
+  const hit = texPool.get(key)?.pop();
+  if (hit) return hit;
+  const { device, generation } = gpu();
+  const texture = device.createTexture({
+    size: { width, height: h },
+    format: "rgba32float",
+    usage: 0x04 /* TEXTURE_BINDING */ | 0x02, /* COPY_DST */
+  });
+  return { texture, view: texture.createView(), width, rows: h, gen: generation };
+}
+
+/** Return a texture to the pool; like buffers, safe while recorded work still reads it. */
+export function releaseTexture(t: Tex): void {
+  if (t.gen !== gpu().generation) return;
+  const key = `${t.width}x${t.rows}`;
+  let list = texPool.get(key);
+  if (!list) texPool.set(key, list = []);
+  list.push(t);
+}
+
+/**
+ * Record a copy of the first `texels` * 4 floats of `buf` into `tex` (in order with the
+ * dispatches around it: later kernels see the copy, earlier ones the texture's old contents).
+ */
+export function copyToTexture(buf: Buf, tex: Tex, texels: number): void {
+  checkErrors();
+  const { device, generation } = gpu();
+  checkLive(buf, generation);
+  if (capturing) return;
+  if (recorded >= MAX_DISPATCHES) flush();
+  pass?.end();
+  pass = null;
+  encoder ??= device.createCommandEncoder();
+  buf.batch = batchId;
+  const W = tex.width, full = Math.floor(texels / W), rest = texels - full * W;
+  const bytesPerRow = W * 16;
+  if (full > 0) {
+    encoder.copyBufferToTexture(
+      { buffer: buf.buffer, offset: 0, bytesPerRow },
+      { texture: tex.texture },
+      { width: W, height: full },
+    );
+  }
+  if (rest > 0) {
+    encoder.copyBufferToTexture(
+      { buffer: buf.buffer, offset: full * bytesPerRow, bytesPerRow },
+      { texture: tex.texture, origin: { x: 0, y: full } },
+      { width: rest, height: 1 },
+    );
+  }
+  recorded++;
+}
+
 /** Uniform values: a typed array (u32/i32/f32 mixed through a DataView by the caller). */
 export type Uniforms = Uint32Array | Int32Array | Float32Array | ArrayBuffer;
 
@@ -198,7 +275,7 @@ export type Uniforms = Uint32Array | Int32Array | Float32Array | ArrayBuffer;
 export function dispatch(
   name: string,
   code: string,
-  buffers: Buf[],
+  buffers: (Buf | Tex)[],
   uniforms: Uniforms | null,
   workgroups: [number, number?, number?],
 ): void {
@@ -225,18 +302,145 @@ export function dispatch(
   }
   const first = uniforms ? 1 : 0;
   for (let i = 0; i < buffers.length; i++) {
-    checkLive(buffers[i], generation);
-    buffers[i].batch = batchId;
-    entries.push({ binding: first + i, resource: { buffer: buffers[i].buffer } });
+    const b = buffers[i];
+    if ("view" in b) {
+      checkLive(b, generation);
+      entries.push({ binding: first + i, resource: b.view });
+      continue;
+    }
+    checkLive(b, generation);
+    b.batch = batchId;
+    entries.push({ binding: first + i, resource: { buffer: b.buffer } });
   }
   const bindGroup = device.createBindGroup({ layout: p.getBindGroupLayout(0), entries });
-  const cp = ensurePass();
+  const cp = profiling ? profiledPass(name) : ensurePass();
   cp.setPipeline(p);
   cp.setBindGroup(0, bindGroup);
   const [x, y = 1, z = 1] = workgroups;
   if (x > 0 && y > 0 && z > 0) cp.dispatchWorkgroups(x, y, z);
+  if (profiling) {
+    cp.end();
+    pass = null;
+  }
   recorded++;
   counters.dispatches++;
+}
+
+// ---- profiling: GPU time per kernel (timestamp queries) ---------------------------------------
+
+/** GPU time of one kernel name over a profile: launches and total nanoseconds. */
+export interface KernelTime {
+  count: number;
+  ns: number;
+}
+
+interface Profile {
+  querySet: GPUQuerySet;
+  resolve: GPUBuffer;
+  capacity: number;
+  /** Kernel names of the passes recorded in this batch (2 queries each). */
+  names: string[];
+  pending: Promise<void>[];
+  totals: Map<string, KernelTime>;
+  /** Pairs whose end was before their start (a driver without reliable timestamps). */
+  bad: number;
+}
+
+let profiling: Profile | null = null;
+const PROFILE_QUERIES = 2048;
+
+/** A compute pass for one dispatch of `name`, with timestamps at its start and end. */
+function profiledPass(name: string): GPUComputePassEncoder {
+  const prof = profiling!;
+  if (prof.names.length * 2 >= prof.capacity) flush();
+  const { device } = gpu();
+  pass?.end();
+  pass = null;
+  encoder ??= device.createCommandEncoder();
+  const i = prof.names.length * 2;
+  prof.names.push(name);
+  return encoder.beginComputePass({
+    timestampWrites: {
+      querySet: prof.querySet,
+      beginningOfPassWriteIndex: i,
+      endOfPassWriteIndex: i + 1,
+    },
+  });
+}
+
+/** Record the resolve of this batch's timestamps (called by {@link flush} before submit). */
+function resolveProfile(enc: GPUCommandEncoder): (() => void) | null {
+  const prof = profiling;
+  if (!prof || prof.names.length === 0) return null;
+  const { device } = gpu();
+  const n = prof.names.length * 2;
+  const staging = device.createBuffer({ size: n * 8, usage: 0x01 /* MAP_READ */ | 0x08 });
+  enc.resolveQuerySet(prof.querySet, 0, n, prof.resolve, 0);
+  enc.copyBufferToBuffer(prof.resolve, 0, staging, 0, n * 8);
+  const names = prof.names;
+  prof.names = [];
+  // After the submit: map and add up, without making anything wait for it.
+  return () => {
+    prof.pending.push(
+      staging.mapAsync(0x01).then(() => {
+        const t = new BigUint64Array(staging.getMappedRange().slice(0));
+        staging.unmap();
+        staging.destroy();
+        names.forEach((name, k) => {
+          const dt = Number(t[2 * k + 1] - t[2 * k]);
+          if (!(dt >= 0)) prof.bad++;
+          const e = prof.totals.get(name) ?? { count: 0, ns: 0 };
+          e.count++;
+          e.ns += Math.max(0, dt);
+          prof.totals.set(name, e);
+        });
+      }),
+    );
+  };
+}
+
+/**
+ * Start recording the GPU time of every kernel launch (each dispatch gets its own compute pass
+ * with timestamp queries, which costs a little). Needs the adapter feature `timestamp-query`;
+ * throws a clear Error without it. Stop with {@link stopProfile}.
+ */
+export function startProfile(): void {
+  const { device } = gpu();
+  if (!device.features.has("timestamp-query")) {
+    throw new Error("profiling needs the adapter feature timestamp-query, which this one lacks");
+  }
+  if (profiling) throw new Error("a profile is already running");
+  flush();
+  profiling = {
+    querySet: device.createQuerySet({ type: "timestamp", count: PROFILE_QUERIES }),
+    resolve: device.createBuffer({
+      size: PROFILE_QUERIES * 8,
+      usage: 0x200 /* QUERY_RESOLVE */ | 0x04, /* COPY_SRC */
+    }),
+    capacity: PROFILE_QUERIES,
+    names: [],
+    pending: [],
+    totals: new Map(),
+    bad: 0,
+  };
+}
+
+/**
+ * Finish the profile: waits for the GPU and returns the GPU time per kernel name (the name a
+ * kernel was dispatched under: its variant), and how many timestamp pairs were unusable.
+ */
+export async function stopProfile(): Promise<{ kernels: Map<string, KernelTime>; bad: number }> {
+  if (!profiling) throw new Error("no profile is running");
+  const prof = profiling;
+  try {
+    await sync();
+    await Promise.all(prof.pending);
+  } finally {
+    profiling = null;
+    prof.querySet.destroy();
+    prof.resolve.destroy();
+  }
+  return { kernels: prof.totals, bad: prof.bad };
 }
 
 /** Submit everything recorded so far (one command buffer). Cheap when nothing is recorded. */
@@ -246,7 +450,9 @@ export function flush(): void {
   pass?.end();
   pass = null;
   if (arena && arenaUsed > 0) device.queue.writeBuffer(arena, 0, arenaCpu, 0, arenaUsed);
+  const afterSubmit = resolveProfile(encoder);
   device.queue.submit([encoder.finish()]);
+  afterSubmit?.();
   encoder = null;
   arenaUsed = 0;
   recorded = 0;
@@ -435,6 +641,7 @@ export function captureDispatches(fn: () => void): CapturedDispatch[] {
 onNewDevice((generation) => {
   // Everything below belongs to the lost device: drop it without touching it.
   pool.forget(generation);
+  texPool.clear();
   pipelines.clear();
   encoder = null;
   pass = null;
@@ -444,6 +651,7 @@ onNewDevice((generation) => {
   batchId++;
   checkBuf = null;
   checkSites = [];
+  profiling = null;
 });
 
 /**

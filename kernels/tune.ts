@@ -16,12 +16,14 @@ import type { AdapterDescription } from "./device.ts";
 export type MatmulKind = "register" | "shared";
 
 /**
- * How the attention kernels read their K/V (or Q/dO) tiles: `shared` stages them in workgroup
- * memory (real GPUs), `direct` reads them from the storage buffers, `blocked` is `direct` with
- * the lanes-along-queries forward (CPU adapters, D % 4 == 0), `auto` picks per adapter. See
- * `attention.ts`.
+ * Which attention kernels run: `tiled` is the flash attention for GPUs (a block of queries per
+ * workgroup, score tiles as small matrix products in workgroup memory; `attention_tiled.ts`);
+ * the others run one query row per invocation and differ in how they read their K/V (or Q/dO)
+ * tiles: `shared` stages them in workgroup memory, `direct` reads them from the storage buffers,
+ * `blocked` is `direct` with the lanes-along-queries forward (CPU adapters, D % 4 == 0). `auto`
+ * picks per adapter (`tiled` on GPUs, `blocked` on CPU adapters). See `attention.ts`.
  */
-export type TileMode = "auto" | "shared" | "direct" | "blocked";
+export type TileMode = "auto" | "tiled" | "shared" | "direct" | "blocked";
 
 /**
  * Kernel choices of one device, fixed when it is created and read by every launch: whether the
@@ -36,6 +38,26 @@ export interface Tuning {
   matmulKind: MatmulKind | null;
   /** Attention tile mode for calls without one ("auto" picks per adapter). */
   attentionTiles: TileMode;
+  /**
+   * Kernels may use subgroup operations: the adapter offers `subgroups` (and the device was
+   * created with it). False forces the paths without them.
+   */
+  subgroups: boolean;
+  /**
+   * CPU adapters: the register matmul's inputs and largest tile, when measured (see
+   * `autotune.ts`); null uses the fixed table below.
+   */
+  matmul: MatmulPreference | null;
+  /** Where `matmul` came from: "table" (fixed), "cache" (a stored measurement), "measured". */
+  matmulSource: "table" | "cache" | "measured";
+}
+
+/** What a sweep on a CPU adapter chose for the register matmul family. */
+export interface MatmulPreference {
+  /** Read A and B through textures ({@link MatmulTile.textures}). */
+  textures: boolean;
+  /** Largest TM and TN of a register tile. */
+  maxTile: 16 | 32;
 }
 
 /**
@@ -62,6 +84,24 @@ export interface MatmulTile {
   rowsFirst?: boolean;
   /** Register kind only: the k loop is unrolled 4 * KU times (default 1). */
   KU?: number;
+  /**
+   * Shared kind only: two copies of each workgroup-memory tile, the next staged while the current
+   * one is used (one barrier per step instead of two; twice the memory).
+   */
+  double?: boolean;
+  /**
+   * Split the k loop over this many workgroups (default 1): each writes its partial product to
+   * scratch memory and a second kernel sums them and applies the epilogue. For products with
+   * too few output tiles to fill the GPU and a deep k.
+   */
+  splitK?: number;
+  /**
+   * Register kind only: read A and B through rgba32float textures (`textureLoad`) instead of
+   * storage buffers; the launch copies the operands into pooled textures. On llvmpipe a storage
+   * buffer load is a per-lane loop with bounds checks, a texel fetch is not. `"A"` or `"B"`:
+   * only that operand (the other from its storage buffer).
+   */
+  textures?: boolean | "A" | "B";
 }
 
 /** The sizes a tile is chosen for (batch, rows, columns, depth). */
@@ -85,6 +125,9 @@ export function tuningFor(a: AdapterDescription, overrides: Partial<Tuning> = {}
     cpu: overrides.cpu ?? isCpuAdapter(a),
     matmulKind: overrides.matmulKind ?? null,
     attentionTiles: overrides.attentionTiles ?? "auto",
+    subgroups: overrides.subgroups ?? a.features.includes("subgroups"),
+    matmul: overrides.matmul ?? null,
+    matmulSource: overrides.matmulSource ?? (overrides.matmul ? "measured" : "table"),
   };
 }
 
@@ -101,9 +144,13 @@ function count(s: MatmulShape, bm: number, bn: number): number {
  * (0.3 s for 16x8, 0.6 s for 16x16, ~5 s for 32x32), so they are kept for products large enough
  * to repay it. Tiles never get much wider or taller than the matrix.
  */
-function cpuTile(s: MatmulShape): MatmulTile {
+function cpuTile(s: MatmulShape, pref: MatmulPreference | null = null): MatmulTile {
   const work = s.batch * s.M * s.N * s.K;
-  const maxOutputs = work >= 2 ** 30 ? 1024 : work >= 2 ** 26 ? 256 : 128;
+  const cap = pref?.maxTile === 16 ? 256 : 1024;
+  // A sweep that found 32x32 fastest (autotune.ts) has paid for compiling it: use it from
+  // 2^28 multiply-adds (ViT-B/16's products at batch 2: 0.71 -> 1.0 images/s on an EPYC).
+  const big = pref?.maxTile === 32 ? 2 ** 28 : 2 ** 30;
+  const maxOutputs = Math.min(cap, work >= big ? 1024 : work >= 2 ** 26 ? 256 : 128);
   const pick = (limit: number) => [32, 16, 8, 4].find((t) => t <= limit) ?? 4;
   // Square-ish blocks: the most FMAs per loaded value for a given number of outputs.
   const TN = pick(Math.max(4, Math.min(Math.sqrt(maxOutputs), s.N / 8)));
@@ -111,7 +158,10 @@ function cpuTile(s: MatmulShape): MatmulTile {
   // Keep both cores busy: at least 4 workgroups when the product allows it.
   while (TM > 4 && count(s, TM, 8 * TN) < 4) TM /= 2;
   // rowsFirst: consecutive workgroups share B's column panel in cache.
-  return { TM, TN, WX: 8, WY: 1, rowsFirst: true };
+  const t: MatmulTile = { TM, TN, WX: 8, WY: 1, rowsFirst: true };
+  // Textures where measured faster, for products that repay the copy into them.
+  if (pref?.textures && work >= 2 ** 21) t.textures = true;
+  return t;
 }
 
 /** Workgroup-memory tile for a GPU: as large as still gives enough workgroups to fill it. */
@@ -127,6 +177,14 @@ function gpuTile(s: MatmulShape, a: AdapterDescription): MatmulTile {
   const mid: MatmulTile = { kind: "shared", TM: 4, TN: 4, WX: 16, WY: 16, BK: 16 };
   const small: MatmulTile = { kind: "shared", TM: 4, TN: 4, WX: 8, WY: 8, BK: 16 };
   if (count(s, 128, 128) >= 256 && fits(big)) return big;
+  // Too few output tiles for the GPU and a deep k: split k over workgroups (a second kernel
+  // sums the slices). Untimed default: bench/matmul_tune.ts measures the split candidates.
+  if (count(s, 64, 64) < 64 && s.K >= 2048 && fits(mid)) {
+    return {
+      ...mid,
+      splitK: Math.min(8, Math.ceil(128 / count(s, 64, 64)), Math.floor(s.K / 512)),
+    };
+  }
   if (count(s, 64, 64) >= 128 && fits(mid)) return mid;
   return fits(small) ? small : { kind: "shared", TM: 4, TN: 4, WX: 8, WY: 8, BK: 4 };
 }
@@ -142,5 +200,5 @@ export function matmulTile(
   tuning: Partial<Tuning> = {},
 ): MatmulTile {
   const kind = tuning.matmulKind ?? ((tuning.cpu ?? isCpuAdapter(a)) ? "register" : "shared");
-  return kind === "register" ? cpuTile(s) : gpuTile(s, a);
+  return kind === "register" ? cpuTile(s, tuning.matmul ?? null) : gpuTile(s, a);
 }

@@ -18,7 +18,7 @@ import { linear, type LinearActivation, matmul } from "./ops/matmul.ts";
 import { permute, reshape, slice } from "./ops/shape.ts";
 import { attention } from "./ops/attention.ts";
 import { embedding } from "./ops/embedding.ts";
-import { gelu, layerNorm, leakyRelu, quickGelu } from "./ops/nn.ts";
+import { addLayerNorm, gelu, layerNorm, leakyRelu, quickGelu } from "./ops/nn.ts";
 
 // ---- initialisation ---------------------------------------------------------------------------
 
@@ -180,6 +180,11 @@ export class LayerNorm extends Module {
   /** x [..., d] -> [..., d]. */
   forward(x: Tensor): Tensor {
     return layerNorm(x, this.weight, this.bias, this.eps);
+  }
+
+  /** `[h, forward(h)]` for h = x + r, in one kernel (a transformer block's residual add). */
+  forwardResidual(x: Tensor, r: Tensor): [Tensor, Tensor] {
+    return addLayerNorm(x, r, this.weight, this.bias, this.eps);
   }
 }
 
@@ -407,7 +412,8 @@ export class TransformerBlock extends Module {
 
   /** x [B, T, width] -> [B, T, width]; `causal` overrides the default masking. */
   forward(x: Tensor, opts: { causal?: boolean } = {}): Tensor {
-    const h = add(x, this.attn.forward(this.ln1.forward(x), opts));
-    return add(h, this.mlp.forward(this.ln2.forward(h)));
+    // The residual add and ln_2 run as one kernel (addLayerNorm).
+    const [h, n2] = this.ln2.forwardResidual(x, this.attn.forward(this.ln1.forward(x), opts));
+    return add(h, this.mlp.forward(n2));
   }
 }

@@ -1,12 +1,13 @@
 /**
  * Fused attention: forward and backward against a float64 CPU reference on odd shapes (D = 7,
- * 16, 64, 128, causal and not; every tile mode), finite differences of the GPU forward, the unfused composition
+ * 16, 64, 128, causal and not; every tile mode, the tiled GPU kernels with several thread grids), finite differences of the GPU forward, the unfused composition
  * as a second opinion, and T = 4096 (forward only) without a T x T buffer.
  */
 import assert from "node:assert/strict";
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { poolStats, sizeClass } from "../kernels/runtime.ts";
-import { attentionTileMode, type TileMode } from "../kernels/attention.ts";
+import { attentionTileMode, type FlashTile, type TileMode } from "../kernels/attention.ts";
+import { gpu } from "../kernels/device.ts";
 import { backward } from "../nn/autograd.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import { mul, sum } from "../nn/ops/index.ts";
@@ -57,6 +58,10 @@ const FWD = { atol: 2e-5, rtol: 1e-4 };
 // Gradients add Tq or Tk more fp32 terms of size up to ~4 (|q|, |k| <= 2).
 const BWD = { atol: 1e-4, rtol: 1e-3 };
 
+const GL = (Deno.env.get("DENO_WEBGPU_BACKEND") ?? "gl") === "gl";
+/** The tiled kernels' grid on llvmpipe through GL (compiles in seconds there). */
+const GL_TILE: FlashTile = { WX: 4, WY: 8, DK: 8 };
+
 const CASES: Case[] = [
   { B: 2, H: 3, Tq: 7, Tk: 5, D: 7, causal: false },
   { B: 2, H: 3, Tq: 33, Tk: 40, D: 16, causal: false },
@@ -82,11 +87,16 @@ for (const [n, c] of CASES.entries()) {
     const both = attentionTileMode() === "shared" || c.D === 7 || c.D === 16;
     const modes: TileMode[] = both ? ["shared", "direct"] : ["direct"];
     if (c.D % 4 === 0) modes.push("blocked");
+    // The flash kernels for GPUs, with the tile a GPU gets (16 x 16 invocations, 64 x 64 score
+    // tiles: every case here is a single partial tile or a few). Mesa's GL compiler needs ~4
+    // minutes for that kernel: through GL a small grid, for three head dims.
+    if (!GL || [7, 16, 64].includes(c.D)) modes.push("tiled");
     for (const mode of modes) {
+      const flash = mode === "tiled" && GL ? GL_TILE : undefined;
       const [o, dq, dk, dv] = await runGpu(
         c,
         x,
-        (q, k, v, o) => attention(q, k, v, { ...o, tiles: mode }),
+        (q, k, v, o) => attention(q, k, v, { ...o, tiles: mode, flash }),
       );
       const l = `${name(c)} ${mode}`;
       assertClose(o, ref.o, FWD, `O ${l}`);
@@ -97,15 +107,72 @@ for (const [n, c] of CASES.entries()) {
   });
 }
 
+// The tiled (GPU) kernels with other thread grids: fewer columns than rows, several tiles per
+// row and per column, partial last tiles, scalar (D % 4 != 0) and padded head dims (D = 96 owns
+// 6 columns per invocation of 16, D = 36 pads to 48).
+const TILED: [Case, FlashTile][] = [
+  [{ B: 1, H: 2, Tq: 70, Tk: 131, D: 16, causal: false }, { WX: 4, WY: 8, DK: 8 }],
+  [{ B: 2, H: 1, Tq: 66, Tk: 66, D: 36, causal: true }, { WX: 8, WY: 4, DK: 8 }],
+  [{ B: 1, H: 1, Tq: 45, Tk: 23, D: 7, causal: true }, { WX: 4, WY: 2, DK: 4 }],
+  [{ B: 1, H: 2, Tq: 66, Tk: 70, D: 96, causal: false }, { WX: 16, WY: 16, DK: 16 }],
+];
+for (const [n, [c, flash]] of TILED.entries()) {
+  if (GL && flash.WX * flash.WY > 32) continue; // minutes to compile through GL
+  gpuTest(`attention tiled ${JSON.stringify(flash)} vs float64: ${name(c)}`, async () => {
+    const x = inputs(c, 300 + n);
+    const ref = attentionRef(x.q, x.k, x.v, x.g, c);
+    const [o, dq, dk, dv] = await runGpu(
+      c,
+      x,
+      (q, k, v, o) => attention(q, k, v, { ...o, tiles: "tiled", flash }),
+    );
+    assertClose(o, ref.o, FWD, `O ${name(c)}`);
+    assertClose(dq, ref.dq, BWD, `dQ ${name(c)}`);
+    assertClose(dk, ref.dk, BWD, `dK ${name(c)}`);
+    assertClose(dv, ref.dv, BWD, `dV ${name(c)}`);
+  });
+}
+
+gpuTest("attention tiled: a tile that cannot stage one row of D is refused", () => {
+  const q = tensor(randArray(64, 1), [1, 1, 1, 64]);
+  assert.throws(
+    () => attention(q, q, q, { tiles: "tiled", flash: { WX: 4, WY: 2, DK: 4 } }),
+    /stages fewer than one row of D=64/,
+  );
+  q.dispose();
+});
+
+// Subgroup shuffles for the forward's row reductions: only where the adapter offers `subgroups`
+// (llvmpipe does not; the GPU check runs this file).
+gpuTest("attention tiled with subgroups agrees with float64", async () => {
+  if (!gpu().tuning.subgroups) {
+    console.log("  (skipped: this adapter offers no `subgroups`)");
+    return;
+  }
+  for (const c of [CASES[2], CASES[5], CASES[7]]) {
+    const x = inputs(c, 500);
+    const ref = attentionRef(x.q, x.k, x.v, x.g, c);
+    const [o] = await runGpu(
+      c,
+      x,
+      (q, k, v, o) => attention(q, k, v, { ...o, tiles: "tiled", subgroups: true }),
+    );
+    assertClose(o, ref.o, FWD, `O ${name(c)} subgroups`);
+  }
+});
+
 gpuTest("attention gradCheck (finite differences of the GPU forward)", async () => {
   for (const causal of [false, true]) {
     const B = 1, H = 2, Tq = 5, Tk = causal ? 5 : 6, D = 7;
-    const f = ([q, k, v]: Tensor[]) => attention(q, k, v, { causal });
-    await gradCheck(f, [
-      { data: randArray(B * H * Tq * D, 1), shape: [B, H, Tq, D] },
-      { data: randArray(B * H * Tk * D, 2), shape: [B, H, Tk, D] },
-      { data: randArray(B * H * Tk * D, 3), shape: [B, H, Tk, D] },
-    ], { probes: 20 });
+    for (const tiles of ["auto", "tiled"] as const) {
+      const flash = tiles === "tiled" && GL ? GL_TILE : undefined;
+      const f = ([q, k, v]: Tensor[]) => attention(q, k, v, { causal, tiles, flash });
+      await gradCheck(f, [
+        { data: randArray(B * H * Tq * D, 1), shape: [B, H, Tq, D] },
+        { data: randArray(B * H * Tk * D, 2), shape: [B, H, Tk, D] },
+        { data: randArray(B * H * Tk * D, 3), shape: [B, H, Tk, D] },
+      ], { probes: 20 });
+    }
   }
 });
 

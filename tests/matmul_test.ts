@@ -261,7 +261,7 @@ Deno.test({
   sanitizeOps: false,
   sanitizeResources: false,
   async fn() {
-    await init();
+    await init({ tune: false });
     const d = dimsOf({ batch: 1, M: 140, N: 136, K: 40, tA: false, tB: true });
     await check(d, "shared 128x128", { tile: SHARED_GPU, bias: true, act: "relu" });
   },
@@ -308,6 +308,7 @@ Deno.test("tune: CPU adapters get register tiles, GPUs workgroup-memory tiles th
       maxComputeWorkgroupSizeX: 256,
       maxComputeWorkgroupsPerDimension: 65535,
       maxStorageBuffersPerShaderStage: 8,
+      maxTextureDimension2D: 8192,
     },
     backend: "vulkan",
   };

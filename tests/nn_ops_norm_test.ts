@@ -1,6 +1,7 @@
 /**
- * layerNorm, l2Normalize and cosineSimilarity: forward and analytic backward against float64
- * references (cached and streamed rows, with and without weight / bias), and finite differences.
+ * layerNorm (and addLayerNorm, the residual add fused into it), l2Normalize and cosineSimilarity:
+ * forward and analytic backward against float64 references (cached and streamed rows, with and
+ * without weight / bias), and finite differences.
  */
 import { assertClose, gpuTest, gradCheck, randArray } from "./util.ts";
 import { l2NormRef } from "../kernels/l2norm_ref.ts";
@@ -14,8 +15,10 @@ import {
 } from "../kernels/layernorm.ts";
 import { l2NormBackward, l2NormForward } from "../kernels/l2norm.ts";
 import { backward } from "../nn/autograd.ts";
-import { empty, numel, type Tensor, tensor, tidy } from "../nn/tensor.ts";
-import { cosineSimilarity, l2Normalize, layerNorm } from "../nn/ops/nn.ts";
+import { empty, numel, Rng, type Tensor, tensor, tidy } from "../nn/tensor.ts";
+import { addLayerNorm, cosineSimilarity, l2Normalize, layerNorm } from "../nn/ops/nn.ts";
+import { add, mul, scale, sum } from "../nn/ops/index.ts";
+import { TransformerBlock } from "../nn/layers.ts";
 
 const FWD = { atol: 1e-5, rtol: 1e-4 };
 const BWD = { atol: 1e-5, rtol: 1e-4 };
@@ -226,4 +229,83 @@ gpuTest("cosineSimilarity: matches float64 and finite differences", async () => 
     { data: randArray(3 * 5, 41), shape: [3, 5] },
     { data: randArray(4 * 5, 42), shape: [4, 5] },
   ]);
+});
+
+gpuTest(
+  "addLayerNorm (residual + layerNorm, one kernel): every launch shape vs float64",
+  async () => {
+    for (const opts of ROW_LAUNCHES) {
+      for (const [rows, n] of ROW_CASES) {
+        const xd = randArray(rows * n, 3 + n, -2, 2), rd = randArray(rows * n, 4 + n, -1, 1);
+        const wd = randArray(n, 5 + n, 0.5, 1.5), bd = randArray(n, 6 + n);
+        const [x, r, w, b] = [tensor(xd, [rows, n]), tensor(rd, [rows, n]), tensor(wd), tensor(bd)];
+        const y = empty([rows, n]), stats = empty([rows, 2]), h = empty([rows, n]);
+        layerNormForward(x.buf, w.buf, b.buf, y.buf, stats.buf, rows, n, 1e-5, opts, {
+          res: r.buf,
+          h: h.buf,
+        });
+        // x + r rounded to f32, as the kernel stores it (one correctly rounded add: exact).
+        const hsum = Float32Array.from(xd, (v, i) => v + rd[i]);
+        const ref = layerNormRef(hsum, wd, bd, rows, n, 1e-5);
+        const label = `addLayerNorm [${rows},${n}] ${JSON.stringify(opts)}`;
+        assertClose(await h.toArray(), hsum, { atol: 0 }, `${label} h`);
+        assertClose(await y.toArray(), ref.y, FWD, label);
+        for (const t of [x, r, w, b, y, stats, h]) t.dispose();
+      }
+    }
+  },
+);
+
+gpuTest("addLayerNorm: gradients match add + layerNorm and finite differences", async () => {
+  const rows = 6, n = 40;
+  const xd = randArray(rows * n, 1, -2, 2), rd = randArray(rows * n, 2);
+  const wd = randArray(n, 3, 0.5, 1.5), bd = randArray(n, 4);
+  const g1 = randArray(rows * n, 5), g2 = randArray(rows * n, 6);
+  // Loss uses both outputs: sum(g1 * h) + sum(g2 * ln(h)).
+  const lossOf = (fused: boolean) =>
+    tidy(() => {
+      const xs = [tensor(xd, [rows, n]), tensor(rd, [rows, n]), tensor(wd), tensor(bd)].map(
+        (t) => (t.requiresGrad = true, t),
+      );
+      const [h, y] = fused ? addLayerNorm(xs[0], xs[1], xs[2], xs[3]) : (() => {
+        const s = add(xs[0], xs[1]);
+        return [s, layerNorm(s, xs[2], xs[3])];
+      })();
+      backward(add(sum(mul(h, tensor(g1, [rows, n]))), sum(mul(y, tensor(g2, [rows, n])))));
+      return xs.map((x) => {
+        const gx = x.grad!;
+        x.grad = null;
+        return gx;
+      });
+    });
+  const fused = lossOf(true), plain = lossOf(false);
+  for (let i = 0; i < 4; i++) {
+    assertClose(await fused[i].toArray(), await plain[i].toArray(), BWD, `grad ${i}`);
+  }
+  [...fused, ...plain].forEach((t) => t.dispose());
+  await gradCheck(
+    (xs) => {
+      const [h, y] = addLayerNorm(xs[0], xs[1], xs[2], xs[3]);
+      return add(y, scale(h, 0.5));
+    },
+    [
+      { data: randArray(3 * 7, 7, -2, 2), shape: [3, 7] },
+      { data: randArray(3 * 7, 8), shape: [3, 7] },
+      { data: randArray(7, 9, 0.5, 1.5), shape: [7] },
+      { data: randArray(7, 10), shape: [7] },
+    ],
+  );
+});
+
+gpuTest("TransformerBlock with the fused residual + ln_2 matches add then layerNorm", async () => {
+  const blk = new TransformerBlock(32, 4, { rng: new Rng(3) });
+  const x = tensor(randArray(2 * 9 * 32, 11), [2, 9, 32]);
+  const got = tidy(() => blk.forward(x));
+  const want = tidy(() => {
+    const h = add(x, blk.attn.forward(blk.ln1.forward(x)));
+    return add(h, blk.mlp.forward(blk.ln2.forward(h)));
+  });
+  assertClose(await got.toArray(), await want.toArray(), { atol: 1e-6 }, "block output");
+  [got, want, x].forEach((t) => t.dispose());
+  blk.dispose();
 });

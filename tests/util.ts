@@ -15,7 +15,8 @@ export function gpuTest(name: string, fn: () => Promise<void> | void, ignore = f
     sanitizeOps: false,
     sanitizeResources: false,
     fn: async () => {
-      await init();
+      // The fixed tile table: tests never run the first-use tuning sweep (kernels/autotune.ts).
+      await init({ tune: false });
       await fn();
     },
   });

@@ -63,7 +63,7 @@ Deno.test({
     const att = await run("attention", "2", "3", "17", "16", "--causal", "--gpu", "--list");
     assert.equal(att.code, 0);
     assert.match(att.text, /GPU choices\): 4 dispatches/);
-    assert.match(att.text, /attention_fwd_d16: workgroups/);
+    assert.match(att.text, /attention_fwd_tiled_d16_\w+: workgroups/);
     assert.doesNotMatch(att.text, /fn main/, "--list prints no code");
     assert.equal((await run("bogus")).code, 1);
   },

@@ -7,6 +7,7 @@ import {
   attentionBackwardKernel,
   type AttentionDims,
   attentionForwardKernel,
+  type FlashTile,
   MAX_HEAD_DIM,
   type TileMode,
 } from "../../kernels/attention.ts";
@@ -28,6 +29,10 @@ export interface AttentionOptions {
    * device's choice, see kernels/attention.ts).
    */
   tiles?: TileMode;
+  /** {@link attention} with `tiled` kernels only: force their thread grid (tests, benchmarks). */
+  flash?: FlashTile;
+  /** {@link attention} with `tiled` kernels only: use subgroup operations or not (default: the device's choice). */
+  subgroups?: boolean;
 }
 
 function dims(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions, op: string): AttentionDims {
@@ -68,7 +73,7 @@ export function attention(
   const d = dims(q, k, v, opts, "attention");
   const out = empty(q.shape);
   const lse = empty([d.bh * d.tq]);
-  const launch = { tiles: opts.tiles };
+  const launch = { tiles: opts.tiles, flash: opts.flash, subgroups: opts.subgroups };
   attentionForwardKernel(q.buf, k.buf, v.buf, out.buf, lse.buf, d, launch);
   const o = out.view(out.shape); // saved: the caller may dispose `out` before backward
   return record(out, "attention", [q, k, v], (g) => {

@@ -88,31 +88,41 @@ export function logSoftmax(x: Tensor, axis = -1): Tensor {
 
 // ---- layer norm ------------------------------------------------------------------------------
 
-/**
- * Layer normalisation over the last axis of x [..., D]: (x - mean) / sqrt(var + eps) * weight +
- * bias with the biased variance (PyTorch's `layer_norm`). `weight` and `bias` are [D] or null.
- * Gradients for x, weight and bias (the latter two by a deterministic column reduction).
- */
-export function layerNorm(
+/** The checks of {@link layerNorm}'s inputs; returns [rows, n]. */
+function layerNormDims(
   x: Tensor,
-  weight: Tensor | null = null,
-  bias: Tensor | null = null,
-  eps = 1e-5,
-): Tensor {
-  checkFloat(x, "layerNorm");
-  if (x.rank === 0) throw new RangeError(`layerNorm: ${x} has no axis to normalise`);
+  weight: Tensor | null,
+  bias: Tensor | null,
+  eps: number,
+  op: string,
+): [number, number] {
+  checkFloat(x, op);
+  if (x.rank === 0) throw new RangeError(`${op}: ${x} has no axis to normalise`);
   const [rows, n] = rowsOf(x);
   for (const [t, what] of [[weight, "weight"], [bias, "bias"]] as const) {
     if (!t) continue;
-    checkFloat(t, "layerNorm", what);
+    checkFloat(t, op, what);
     if (t.rank !== 1 || t.shape[0] !== n) {
-      throw new RangeError(`layerNorm: ${what} ${t} must be [${n}] for input ${x}`);
+      throw new RangeError(`${op}: ${what} ${t} must be [${n}] for input ${x}`);
     }
   }
-  if (!(eps >= 0)) throw new RangeError(`layerNorm: eps must be >= 0, got ${eps}`);
-  const y = empty(x.shape);
-  const stats = empty([rows, 2]);
-  layerNormForward(x.buf, weight?.buf ?? null, bias?.buf ?? null, y.buf, stats.buf, rows, n, eps);
+  if (!(eps >= 0)) throw new RangeError(`${op}: eps must be >= 0, got ${eps}`);
+  return [rows, n];
+}
+
+/**
+ * Record the layer norm node: y (already computed from x into `y` with `stats`) as a function of
+ * x, weight and bias.
+ */
+function recordLayerNorm(
+  y: Tensor,
+  stats: Tensor,
+  x: Tensor,
+  weight: Tensor | null,
+  bias: Tensor | null,
+  rows: number,
+  n: number,
+): Tensor {
   const parents = [x, ...(weight ? [weight] : []), ...(bias ? [bias] : [])];
   return record(y, "layerNorm", parents, (g) => {
     let dx: Tensor | null = null, dw: Tensor | null = null, db: Tensor | null = null;
@@ -127,6 +137,64 @@ export function layerNorm(
     }
     return [dx, ...(weight ? [dw] : []), ...(bias ? [db] : [])];
   }, [stats]);
+}
+
+/**
+ * Layer normalisation over the last axis of x [..., D]: (x - mean) / sqrt(var + eps) * weight +
+ * bias with the biased variance (PyTorch's `layer_norm`). `weight` and `bias` are [D] or null.
+ * Gradients for x, weight and bias (the latter two by a deterministic column reduction).
+ */
+export function layerNorm(
+  x: Tensor,
+  weight: Tensor | null = null,
+  bias: Tensor | null = null,
+  eps = 1e-5,
+): Tensor {
+  const [rows, n] = layerNormDims(x, weight, bias, eps, "layerNorm");
+  const y = empty(x.shape);
+  const stats = empty([rows, 2]);
+  layerNormForward(x.buf, weight?.buf ?? null, bias?.buf ?? null, y.buf, stats.buf, rows, n, eps);
+  return recordLayerNorm(y, stats, x, weight, bias, rows, n);
+}
+
+/**
+ * A residual add and the layer norm after it, in one kernel: returns `[h, layerNorm(h)]` with
+ * h = x + r (same shapes; a transformer block's `h = x + attn(...)` followed by `ln_2(h)`).
+ * Saves a dispatch and a pass over h. Differentiable in x, r, weight and bias, exactly as
+ * `add` then {@link layerNorm}.
+ */
+export function addLayerNorm(
+  x: Tensor,
+  r: Tensor,
+  weight: Tensor | null = null,
+  bias: Tensor | null = null,
+  eps = 1e-5,
+): [Tensor, Tensor] {
+  const [rows, n] = layerNormDims(x, weight, bias, eps, "addLayerNorm");
+  if (
+    r.dtype !== x.dtype || r.shape.length !== x.shape.length ||
+    r.shape.some((d, i) => d !== x.shape[i])
+  ) {
+    throw new RangeError(`addLayerNorm: residual ${r} must have the shape of ${x}`);
+  }
+  const hBuf = empty(x.shape), y = empty(x.shape), stats = empty([rows, 2]);
+  layerNormForward(
+    x.buf,
+    weight?.buf ?? null,
+    bias?.buf ?? null,
+    y.buf,
+    stats.buf,
+    rows,
+    n,
+    eps,
+    {},
+    { res: r.buf, h: hBuf.buf },
+  );
+  const h = record(hBuf, "add", [x, r], (g) => [
+    x.requiresGrad ? g.view(g.shape) : null,
+    r.requiresGrad ? g.view(g.shape) : null,
+  ]);
+  return [h, recordLayerNorm(y, stats, h, weight, bias, rows, n)];
 }
 
 // ---- activations -----------------------------------------------------------------------------
