@@ -132,7 +132,9 @@ export async function demoCommand(args: string[]): Promise<number> {
   const quiet = values.quiet, out = resolve(values.out!);
   const t0 = performance.now();
   const elapsed = () => `${((performance.now() - t0) / 1000).toFixed(1)} s`;
-  const gpu = await init();
+  // The demo's matmuls are tiny: use a tile sweep cached by an earlier command, never spend the
+  // ~20 s of measuring one (kernels/autotune.ts).
+  const gpu = await init({ tune: "cache" });
   console.log(
     "CLIP-IT demo. Everything here is SYNTHETIC: generated H&E-like tiles, generated reports and " +
       "a tiny CLIP trained on them; the numbers say nothing about real pathology.",
