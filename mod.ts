@@ -21,7 +21,9 @@
  *   LoRA, optimisers, checkpoints, cosine top-k retrieval.
  * - clip: tokenizer, configs, the image and text towers, checkpoint loading, preprocessing,
  *   embedding loops, CLIP-IT's pairing step (pairing files, corpus, caches, top-k reports).
- * - train: datasets and the worker-pool data loader (train/data/).
+ * - train: datasets and the worker-pool data loader (train/data/, with the demo's synthetic
+ *   world), and CLIP-IT: the model and loss, the stage-2, stage-1 and contrastive trainers, the
+ *   shared training loop, run folders and checkpoints, inference checkpoints, metrics, reports.
  *
  * Above nn nothing writes WGSL or touches a GPU buffer, and this surface exports no raw WGSL
  * mapping or kernel view. The command line (cli.ts, cli/) is a client of this surface.
@@ -313,3 +315,139 @@ export {
   pairingIds,
   pairingSplit,
 } from "./train/data/pairing_source.ts";
+
+// ---- train: CLIP-IT --------------------------------------------------------------------------
+export {
+  type ClipItLoss,
+  clipItLoss,
+  ClipItModel,
+  type ClipItModelOptions,
+  type ClipItOutput,
+  distillLoss,
+  rowCosine,
+  textTargets,
+} from "./train/clipit.ts";
+export {
+  type ClipItResult,
+  type ClipItSettings,
+  clipItTrainables,
+  type ClipItTrainInputs,
+  type LoraSettings,
+  makeOptimizer,
+  makeSchedule,
+  type OptimSettings,
+  type RunControl,
+  trainClipIt,
+} from "./train/clipit_train.ts";
+export {
+  computeFeatures,
+  type FeatureOptions,
+  type FeatureSplit,
+  type HeadInputs,
+  type HeadKind,
+  type HeadResult,
+  makeHead,
+  trainHead,
+} from "./train/stage1.ts";
+export {
+  type ContrastiveInputs,
+  infoNce,
+  sharedReportTargets,
+  trainContrastive,
+} from "./train/contrastive.ts";
+export { pretrainClip, type PretrainOptions, type PretrainPairs } from "./train/pretrain.ts";
+export {
+  type LoopHooks,
+  type LoopOptions,
+  type LoopProgress,
+  type LoopResult,
+  type LoopState,
+  NonFiniteLossError,
+  type StepOutput,
+  TrainingInterrupted,
+  trainLoop,
+  type ValResult,
+} from "./train/loop.ts";
+export { loadTrainState, saveTrainState, type TrainStateMeta } from "./train/checkpoint.ts";
+export { environmentInfo, type MetricsRecord, RUN_FILES, RunDir } from "./train/run.ts";
+export {
+  type BackboneSpec,
+  backboneSpec,
+  buildBackbone,
+  type InferenceMeta,
+  loadInferenceModel,
+  saveInferenceModel,
+} from "./train/models.ts";
+export {
+  type BatchOutput,
+  type ImageBatch as PredictBatch,
+  labelsOf,
+  meanCrossEntropy,
+  predictBatches,
+  type Predictions,
+  reportOf,
+  softmaxRows,
+} from "./train/evaluate.ts";
+export {
+  readHead,
+  runStage,
+  type SplitPairing,
+  type Stage,
+  type StageInputs,
+  type StageResult,
+  STAGES,
+  tokenizeCorpus,
+  writeRunReport,
+} from "./train/pipeline.ts";
+export {
+  type AggregateReport,
+  aggregateRuns,
+  type AurocResult,
+  type ClassAggregate,
+  type ClassificationReport,
+  classificationReport,
+  type ClassMetrics,
+  type MeanStd,
+} from "./train/metrics.ts";
+export {
+  type ComparisonRow,
+  formatAggregateTable,
+  formatComparisonTable,
+  formatReportTable,
+  type TableOptions,
+} from "./train/metrics_table.ts";
+export {
+  type MetricsRecord as ReportMetricsRecord,
+  renderReport,
+  type ReportData,
+  type ReportSample,
+  type RgbImage,
+  type TestRecord,
+  type TrainRecord,
+  type ValRecord,
+} from "./train/report.ts";
+export {
+  World,
+  WORLD_SPLITS,
+  type WorldManifest,
+  type WorldOptions,
+  type WorldSample,
+  type WorldSplit,
+  writeWorld,
+  type WriteWorldOptions,
+} from "./train/data/world.ts";
+export {
+  CLASS_SUPPORTS,
+  type ClassSupport,
+  type Factors,
+  WORLD_CLASSES,
+} from "./train/data/world_factors.ts";
+export { WordTokenizer, type WordTokenizerJson } from "./clip/word_tokenizer.ts";
+export {
+  DEFAULT_LORA_TARGETS,
+  LORA_ROLES,
+  type LoraRole,
+  loraRole,
+  loraTargetFilter,
+  parseLoraTargets,
+} from "./clip/lora_targets.ts";

@@ -34,6 +34,7 @@ export interface ValResult {
   accuracy: number;
   /** Mean per-class recall (the paper's metric). */
   balanced_accuracy: number;
+  /** Anything else the trainer measures (`ce`, `distill`, `retrieval_accuracy`, ...). */
   [key: string]: number;
 }
 

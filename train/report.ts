@@ -9,6 +9,7 @@
  * (NaN, Infinity, or null as JSON.stringify writes NaN) are left out of the plots and listed;
  * all text is escaped (reports are raw OCR text).
  */
+import type { DecodedImage } from "../nn/formats/image.ts";
 import { encode as encodePng } from "fast-png";
 import type { ClassificationReport } from "./metrics.ts";
 import { escapeHtml, histogramSvg, linePlotSvg, type PlotSeries } from "./report_plot.ts";
@@ -77,15 +78,8 @@ export type MetricsRecord = TrainRecord | ValRecord | TestRecord | {
   [extra: string]: unknown;
 };
 
-/** An 8-bit RGB image, row-major HWC (`data.length === width * height * 3`). */
-export interface RgbImage {
-  /** Width in pixels. */
-  width: number;
-  /** Height in pixels. */
-  height: number;
-  /** RGB bytes. */
-  data: Uint8Array;
-}
+/** An 8-bit RGB image, row-major HWC: the decoders' type (`nn/formats/image.ts`). */
+export type RgbImage = DecodedImage;
 
 /** One image of the sample grid with its paired report. */
 export interface ReportSample {

@@ -22,7 +22,8 @@
 import { join } from "node:path";
 import { encode as encodePng } from "fast-png";
 import { WordTokenizer } from "../../clip/word_tokenizer.ts";
-import { drawTile, type RgbImage } from "./world_draw.ts";
+import type { DecodedImage } from "../../nn/formats/image.ts";
+import { drawTile } from "./world_draw.ts";
 import {
   CLASS_RULE_TEXT,
   CLASS_SUPPORTS,
@@ -80,7 +81,7 @@ export type WorldSplit = typeof WORLD_SPLITS[number];
 /** One tile of the world with everything known about it. */
 export interface WorldSample {
   /** The RGB tile. */
-  image: RgbImage;
+  image: DecodedImage;
   /** The label a user sees (index into {@link WORLD_CLASSES}); for `train` possibly noisy;
    * for `pretrain`, the rule's class or -1 when no class has the tile's factors. */
   label: number;

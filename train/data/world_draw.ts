@@ -16,17 +16,11 @@
  * same tissue at a higher resolution. Edges are anti-aliased analytically (coverage from the
  * signed distance), which keeps drawing to well under a millisecond per 32x32 tile.
  */
+import type { DecodedImage } from "../../nn/formats/image.ts";
 import { type Factors, WorldRng } from "./world_factors.ts";
 
-/** An RGB image, 8 bits per channel, rows top to bottom, pixels interleaved (R, G, B). */
-export interface RgbImage {
-  /** Width in pixels. */
-  width: number;
-  /** Height in pixels. */
-  height: number;
-  /** width * height * 3 bytes. */
-  data: Uint8Array;
-}
+/** An RGB image, 8 bits per channel, rows top to bottom, pixels interleaved: the decoders' type. */
+export type RgbImage = DecodedImage;
 
 /** Absorbance (OD per unit amount) of haematoxylin, eosin and red blood cells, R G B. */
 const HEMATOXYLIN = [0.65, 0.704, 0.286];
