@@ -12,7 +12,13 @@
  * never change, so they are computed once before training instead of every step.
  */
 import { backward, noGrad } from "../nn/autograd.ts";
-import { applyLora, type LoraAdapter, loraAdapters, loraStateDict } from "../nn/lora.ts";
+import {
+  applyLora,
+  type LoraAdapter,
+  loraAdapters,
+  type LoraOptions,
+  loraStateDict,
+} from "../nn/lora.ts";
 import { writeTensor } from "../nn/ops/inplace.ts";
 import { scale } from "../nn/ops/elementwise.ts";
 import { embedding } from "../nn/ops/embedding.ts";
@@ -154,7 +160,7 @@ export function makeSchedule(s: OptimSettings, totalSteps: number): (step: numbe
 }
 
 /** Rows `rows` of a row-major [*, width] array, gathered. */
-function gatherRows(ids: Int32Array, width: number, rows: ArrayLike<number>): Int32Array {
+export function gatherRows(ids: Int32Array, width: number, rows: ArrayLike<number>): Int32Array {
   const out = new Int32Array(rows.length * width);
   for (let i = 0; i < rows.length; i++) {
     out.set(ids.subarray(rows[i] * width, (rows[i] + 1) * width), i * width);
@@ -162,11 +168,31 @@ function gatherRows(ids: Int32Array, width: number, rows: ArrayLike<number>): In
   return out;
 }
 
+/**
+ * The LoRA adapters of both encoders by checkpoint name: `backbone.<site>.lora_A` / `.lora_B`
+ * and `text_encoder.<site>.lora_A` / `.lora_B`.
+ */
+export function adapterTensors(backbone: ImageBackbone, text: TextEncoder): [string, Tensor][] {
+  return [
+    ...[...loraStateDict(backbone)].map(([k, v]) => [`backbone.${k}`, v] as [string, Tensor]),
+    ...[...loraStateDict(text)].map(([k, v]) => [`text_encoder.${k}`, v] as [string, Tensor]),
+  ];
+}
+
+/** `applyLora`'s options for `settings` (defaults: rank 16, alpha 8, dropout 0, DESIGN's targets). */
+export function loraOptions(settings: LoraSettings = {}): LoraOptions {
+  return {
+    rank: settings.rank ?? 16,
+    alpha: settings.alpha ?? 8,
+    dropout: settings.dropout ?? 0,
+    filter: loraTargetFilter(settings.targets ?? DEFAULT_LORA_TARGETS),
+  };
+}
+
 /** The named trainable tensors of stage 2 (what checkpoints hold). */
 export function clipItTrainables(model: ClipItModel, text: TextEncoder): Map<string, Tensor> {
   return new Map<string, Tensor>([
-    ...[...loraStateDict(model.backbone)].map(([k, v]) => [`backbone.${k}`, v] as [string, Tensor]),
-    ...[...loraStateDict(text)].map(([k, v]) => [`text_encoder.${k}`, v] as [string, Tensor]),
+    ...adapterTensors(model.backbone, text),
     ...model.headParameters(),
   ]);
 }
@@ -209,12 +235,7 @@ export async function trainClipIt(
   // ---- the model: LoRA on both encoders, then the heads ----
   const lora = settings.lora ?? {};
   if (lora.enabled ?? true) {
-    const opts = {
-      rank: lora.rank ?? 16,
-      alpha: lora.alpha ?? 8,
-      dropout: lora.dropout ?? 0,
-      filter: loraTargetFilter(lora.targets ?? DEFAULT_LORA_TARGETS),
-    };
+    const opts = loraOptions(lora);
     applyLora(backbone, { ...opts, seed: seedOf(seed, 1) });
     // With lambda = 0 nothing reaches the text encoder: it stays frozen (its embeddings are
     // then computed once), and adapters on it would only be moved by weight decay.

@@ -12,7 +12,7 @@
  * The same adapters as stage 2 (LoRA on both towers) are trained, with the temperature.
  */
 import { backward, noGrad } from "../nn/autograd.ts";
-import { applyLora, loraAdapters, loraStateDict } from "../nn/lora.ts";
+import { applyLora, loraAdapters } from "../nn/lora.ts";
 import { add, clamp, exp, mul, neg, scale } from "../nn/ops/elementwise.ts";
 import { copyInto } from "../nn/ops/inplace.ts";
 import { matmul } from "../nn/ops/matmul.ts";
@@ -22,10 +22,12 @@ import { transpose } from "../nn/ops/shape.ts";
 import { clipGradNorm } from "../nn/optim.ts";
 import { keep, type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import type { ImageBackbone, TextEncoder } from "../clip/backbone.ts";
-import { DEFAULT_LORA_TARGETS, loraTargetFilter } from "../clip/lora_targets.ts";
 import { loadTrainState, saveTrainState } from "./checkpoint.ts";
 import {
+  adapterTensors,
   type ClipItSettings,
+  gatherRows,
+  loraOptions,
   makeOptimizer,
   makeSchedule,
   type RunControl,
@@ -84,14 +86,6 @@ export interface ContrastiveInputs {
 
 const MAX_LOG_SCALE = Math.log(100);
 
-function gatherRows(ids: Int32Array, width: number, rows: ArrayLike<number>): Int32Array {
-  const out = new Int32Array(rows.length * width);
-  for (let i = 0; i < rows.length; i++) {
-    out.set(ids.subarray(rows[i] * width, (rows[i] + 1) * width), i * width);
-  }
-  return out;
-}
-
 /**
  * Fine-tune the two towers with InfoNCE on the pseudo-pairs into `run` (LoRA per
  * `settings.lora`, the shared loop; the best checkpoint by validation InfoNCE is loaded at the
@@ -108,12 +102,7 @@ export async function trainContrastive(
   const ctx = text.contextLength;
   const lora = settings.lora ?? {};
   if (lora.enabled ?? true) {
-    const opts = {
-      rank: lora.rank ?? 16,
-      alpha: lora.alpha ?? 8,
-      dropout: lora.dropout ?? 0,
-      filter: loraTargetFilter(lora.targets ?? DEFAULT_LORA_TARGETS),
-    };
+    const opts = loraOptions(lora);
     applyLora(backbone, { ...opts, seed: seedOf(seed, 1) });
     applyLora(text, { ...opts, seed: seedOf(seed, 2) });
   } else {
@@ -123,8 +112,7 @@ export async function trainContrastive(
     tensor([Math.min(data.logitScale, MAX_LOG_SCALE)], [], { requiresGrad: true }),
   );
   const named = new Map<string, Tensor>([
-    ...[...loraStateDict(backbone)].map(([k, v]) => [`backbone.${k}`, v] as [string, Tensor]),
-    ...[...loraStateDict(text)].map(([k, v]) => [`text_encoder.${k}`, v] as [string, Tensor]),
+    ...adapterTensors(backbone, text),
     ["logit_scale", logScale],
   ]);
   const params = [...named.values()];

@@ -221,6 +221,19 @@ export async function runStage(
   const backboneKey = inputs.backboneKey ?? "backbone";
 
   const models = await inputs.load();
+  /** The text side a text stage needs: the pairing, the text encoder, the tokenized corpus. */
+  const textSide = () => {
+    const text = need(models.textEncoder, "a text encoder", stage);
+    return {
+      pairing: need(inputs.pairing, "a pairing", stage),
+      text,
+      ids: tokenizeCorpus(
+        need(inputs.corpus, "a corpus", stage),
+        need(inputs.tokenizer, "a tokenizer", stage),
+        text.contextLength,
+      ),
+    };
+  };
   const { backbone } = models;
   if (stage === "baseline") {
     models.textEncoder?.dispose();
@@ -285,13 +298,7 @@ export async function runStage(
       seconds: r.seconds,
     };
   } else if (stage === "clipit") {
-    const pairing = need(inputs.pairing, "a pairing", stage);
-    const text = need(models.textEncoder, "a text encoder", stage);
-    const ids = tokenizeCorpus(
-      need(inputs.corpus, "a corpus", stage),
-      need(inputs.tokenizer, "a tokenizer", stage),
-      text.contextLength,
-    );
+    const { pairing, text, ids } = textSide();
     const r = await trainClipIt(
       run,
       {
@@ -320,13 +327,7 @@ export async function runStage(
       seconds: r.seconds,
     };
   } else {
-    const pairing = need(inputs.pairing, "a pairing", stage);
-    const text = need(models.textEncoder, "a text encoder", stage);
-    const ids = tokenizeCorpus(
-      need(inputs.corpus, "a corpus", stage),
-      need(inputs.tokenizer, "a tokenizer", stage),
-      text.contextLength,
-    );
+    const { pairing, text, ids } = textSide();
     const r = await trainContrastive(
       run,
       {
