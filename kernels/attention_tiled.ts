@@ -8,6 +8,9 @@
  * dV: 4 rows x D/WX columns per invocation) accumulate in registers from V (K, dO, Q) tiles
  * staged in the same memory. Nothing of size T x T exists outside the workgroup.
  *
+ * One file (~680 lines) for the three kernels: they share the tile layout, the staging loops and
+ * the launch planning, and a change to one must be checked against the others side by side.
+ *
  * The forward keeps the online softmax in registers; the row maximum of a tile is reduced across
  * the WX invocations of a row group through workgroup memory, or with subgroup shuffles where the
  * device has `subgroups` (a kernel that checks at run time that its subgroups hold whole row

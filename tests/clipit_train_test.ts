@@ -19,6 +19,7 @@ import { loraAdapters } from "../nn/lora.ts";
 import { DataLoader } from "../train/data/loader.ts";
 import { predictBatches } from "../train/evaluate.ts";
 import { loadInferenceModel, saveInferenceModel } from "../train/models.ts";
+import { runStage } from "../train/pipeline.ts";
 import { gpuTest } from "./util.ts";
 
 const FIX = fileURLToPath(new URL("./fixtures/", import.meta.url));
@@ -261,3 +262,32 @@ gpuTest(
     }
   },
 );
+
+gpuTest("clipit: a class missing from the training split is refused, naming it", async () => {
+  const tmp = await Deno.makeTempDir();
+  try {
+    const ds = await openDataset("folder", await tinyFolderDataset(join(tmp, "data"), 4), {
+      valFraction: 0.25,
+    });
+    const train = ds.splits.find((s) => s.name === "train")!;
+    const keep = [...train.labels.keys()].filter((i) => ds.classes[train.labels[i]] !== "gamma");
+    const noGamma = {
+      ...train,
+      labels: Int32Array.from(keep, (i) => train.labels[i]),
+      source: {
+        kind: "files" as const,
+        paths: keep.map((i) => (train.source as { paths: string[] }).paths[i]),
+      },
+    };
+    const run = await RunDir.create(join(tmp, "run"), {});
+    await assert.rejects(
+      runStage(run, "clipit", {
+        dataset: { ...ds, splits: ds.splits.map((s) => s.name === "train" ? noGamma : s) },
+        load: () => Promise.reject(new Error("models must not be loaded")),
+      }, SETTINGS),
+      /class "gamma" has no image in the train split/,
+    );
+  } finally {
+    await Deno.remove(tmp, { recursive: true });
+  }
+});
