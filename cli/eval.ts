@@ -44,6 +44,16 @@ Evaluate on another dataset than the run's own (recomputes):
 ${DATASET_USAGE}
   -h, --help            this text`;
 
+/** The files of the run folders `eval` reads, for the output check. */
+function runInputs(runs: RunDir[]): { path: string; label: string }[] {
+  return runs.flatMap((r) =>
+    [RUN_FILES.config, RUN_FILES.model, RUN_FILES.eval, RUN_FILES.metrics].map((f) => ({
+      path: r.path(f),
+      label: `run ${r.dir}`,
+    }))
+  );
+}
+
 /** The dataset a run was trained on, from the arguments stored in its config.json. */
 async function runDataset(run: RunDir): Promise<Dataset> {
   const args = run.config.args as string[] | undefined;
@@ -149,7 +159,7 @@ export async function evalCommand(args: string[]): Promise<number> {
       }
       runs.push(run);
     }
-    if (values.out) await checkOutputPath(values.out, { label: "--out" });
+    if (values.out) await checkOutputPath(values.out, { label: "--out", inputs: runInputs(runs) });
   } catch (e) {
     console.error(`eval: ${(e as Error).message}`);
     return 2;
@@ -191,7 +201,7 @@ export async function evalCommand(args: string[]): Promise<number> {
         null,
         2,
       ) + "\n",
-      { label: "--out" },
+      { label: "--out", inputs: runInputs(runs) },
     );
   }
   return 0;

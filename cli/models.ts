@@ -230,8 +230,8 @@ export interface TrainModelSpec {
 
 /** Models for training runs, checked once and built fresh for every run. */
 export interface TrainModels {
-  /** The text encoder's tokenizer. */
-  tokenizer: TextTokenizer;
+  /** The text encoder's tokenizer (absent when the stage reads no text). */
+  tokenizer?: TextTokenizer;
   /** A fresh backbone, text encoder and the CLIP's log temperature, weights loaded. */
   load(): Promise<{ backbone: ImageBackbone; textEncoder: TextEncoder; logitScale: number }>;
   /** Identifies the backbone's weights (for feature caches). */
@@ -241,12 +241,14 @@ export interface TrainModels {
 }
 
 /**
- * Resolve every model file of `spec` (configs, tokenizer, checkpoints' headers and hashes) so a
- * typo fails before any work, and return a loader that builds fresh models for each run.
+ * Resolve every model file of `spec` (configs, the tokenizer when `needsText`, checkpoints'
+ * headers and hashes) so a typo fails before any work, and return a loader that builds fresh
+ * models for each run.
  */
 export async function prepareTrainModels(
   spec: TrainModelSpec,
   cacheDir: string,
+  needsText = true,
 ): Promise<TrainModels> {
   const memo = `${cacheDir}/sha256.json`;
   const hashOf = async (path: string | null | undefined) => {
@@ -257,22 +259,24 @@ export async function prepareTrainModels(
     return await cachedSha256File(file, memo);
   };
   const weightsSha = await hashOf(spec.weights);
-  let tokenizer: TextTokenizer, tokPath: string;
+  let tokenizer: TextTokenizer | undefined, tokPath: string | null = null;
   let build: () => Promise<{ image: ImageBackbone; text: TextEncoder; logitScale: number }>;
   let describe: Record<string, unknown>;
   if (spec.family === "clip") {
     const config = spec.weights
       ? await checkpointConfig(spec.weights, spec.arch)
       : await resolveArch(spec.arch!);
-    tokPath = await findTokenizer(spec.tokenizer, spec.weights);
-    const clipTok = await loadClipFamilyTokenizer(tokPath);
-    if (clipTok.vocabSize > config.text.vocabSize) {
-      throw new Error(
-        `the tokenizer ${tokPath} has ${clipTok.vocabSize} tokens but the ${config.name} model ` +
-          `only ${config.text.vocabSize}: wrong --tokenizer for this model`,
-      );
+    if (needsText) {
+      const path = tokPath = await findTokenizer(spec.tokenizer, spec.weights);
+      const clipTok = await loadClipFamilyTokenizer(path);
+      if (clipTok.vocabSize > config.text.vocabSize) {
+        throw new Error(
+          `the tokenizer ${path} has ${clipTok.vocabSize} tokens but the ${config.name} model ` +
+            `only ${config.text.vocabSize}: wrong --tokenizer for this model`,
+        );
+      }
+      tokenizer = clipTok;
     }
-    tokenizer = clipTok;
     build = async () => {
       const clip = new ClipModel(config, { seed: spec.initSeed });
       try {
@@ -291,8 +295,10 @@ export async function prepareTrainModels(
     describe = { family: "clip", config };
   } else {
     const config = await resolveConchConfig(spec.arch ?? "conch_ViT-B-16");
-    tokPath = await findConchTokenizer(spec.tokenizer, spec.weights);
-    tokenizer = await ConchTokenizer.fromFile(tokPath);
+    if (needsText) {
+      tokPath = await findConchTokenizer(spec.tokenizer, spec.weights);
+      tokenizer = await ConchTokenizer.fromFile(tokPath);
+    }
     build = async () => {
       const conch = new ConchModel(config, { rng: new Rng(spec.initSeed) });
       try {

@@ -41,6 +41,11 @@ Class probabilities from a run's model.safetensors (image path only; LoRA merged
 
 ${PROFILE_USAGE}`;
 
+/** What `predict` reads, for the output check. */
+function predictInputs(model: string, files: string[]): { path: string; label: string }[] {
+  return [{ path: model, label: "--model" }, ...files.map((f) => ({ path: f, label: "--images" }))];
+}
+
 /** CSV field: quoted when it holds a comma, a quote or a line break. */
 function csvField(s: string): string {
   return /[",\n\r]/.test(s) ? `"${s.replaceAll('"', '""')}"` : s;
@@ -130,7 +135,11 @@ export async function predictCommand(args: string[]): Promise<number> {
     if (files.length === 0) {
       throw new Error(`--images ${values.images}: no PNG / TIFF / JPEG files`);
     }
-    await checkOutputPath(values.out!, { label: "--out" });
+    // The CSV must not land on the model or an image it reads.
+    await checkOutputPath(values.out!, {
+      label: "--out",
+      inputs: predictInputs(values.model!, files),
+    });
   } catch (e) {
     console.error(`predict: ${(e as Error).message}`);
     return 2;
@@ -172,7 +181,10 @@ export async function predictCommand(args: string[]): Promise<number> {
         [csvField(relative(base, files[sample])), csvField(meta.classes[best]), ...probs].join(","),
       );
     });
-    await writeFileAtomic(values.out!, lines.join("\n") + "\n", { label: "--out" });
+    await writeFileAtomic(values.out!, lines.join("\n") + "\n", {
+      label: "--out",
+      inputs: predictInputs(values.model!, files),
+    });
     console.log(`predict: ${files.length} images, ${meta.stage} model, wrote ${values.out}`);
     return 0;
   } finally {

@@ -166,6 +166,25 @@ Deno.test({
         assert.ok(Math.abs(p.reduce((a, b) => a + b, 0) - 1) < 1e-4, r);
       }
 
+      // Outputs onto inputs are refused and leave them as they were.
+      const modelFile = join(clipit, "model.safetensors");
+      const modelBytes = await Deno.readFile(modelFile);
+      const onModel = await cli([
+        "predict",
+        "--model",
+        modelFile,
+        "--images",
+        join(world, "images", "test"),
+        "--out",
+        modelFile,
+      ]);
+      assert.equal(onModel.code, 2);
+      assert.match(onModel.err, /--out .*is the same file as --model/);
+      const onEval = await cli(["eval", clipit, "--out", join(clipit, "eval.json"), "--quiet"]);
+      assert.equal(onEval.code, 2);
+      assert.match(onEval.err, /--out .*eval\.json: is the same file as run/);
+      assert.deepEqual(await Deno.readFile(modelFile), modelBytes);
+
       // A pairing file made for another corpus is refused, naming it; nothing is written.
       const other = join(tmp, "other.txt");
       await Deno.writeTextFile(other, "a different corpus\nof two reports\n");
