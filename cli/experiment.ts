@@ -350,7 +350,7 @@ export async function experimentCommand(
       if (values.pairing) {
         pairing = await loadPairings(values.pairing, ds, corpus, `--corpus ${values.corpus}`);
       }
-      models = await prepareTrainModels(spec!, out);
+      models = await prepareTrainModels(spec!);
     }
   } catch (e) {
     console.error(`experiment: ${(e as Error).message}`);

@@ -207,6 +207,25 @@ export async function loadClipFamilyTokenizer(
   return await ClipTokenizer.load(path);
 }
 
+/**
+ * This user's cache folder for the project (`$XDG_CACHE_HOME/clip-it-webgpu`, else
+ * `~/.cache/clip-it-webgpu`, else a folder in the system's temporary directory), created when
+ * missing. It holds small, rebuildable things: the weights' SHA-256 memo.
+ */
+export async function userCacheDir(): Promise<string> {
+  const env = (k: string) => {
+    try {
+      return Deno.env.get(k) || undefined;
+    } catch {
+      return undefined;
+    }
+  };
+  const base = env("XDG_CACHE_HOME") ?? (env("HOME") ? `${env("HOME")}/.cache` : undefined);
+  const dir = base ? `${base}/clip-it-webgpu` : `${Deno.makeTempDirSync()}/clip-it-webgpu`;
+  await Deno.mkdir(dir, { recursive: true });
+  return dir;
+}
+
 /** What `cli.ts train` is told about its models. */
 export interface TrainModelSpec {
   /** The CLIP-like model whose text tower is distilled from (and whose image tower is the
@@ -247,10 +266,10 @@ export interface TrainModels {
  */
 export async function prepareTrainModels(
   spec: TrainModelSpec,
-  cacheDir: string,
   needsText = true,
 ): Promise<TrainModels> {
-  const memo = `${cacheDir}/sha256.json`;
+  // Not in the run folder: it must be created empty, after every check has passed.
+  const memo = `${await userCacheDir()}/sha256.json`;
   const hashOf = async (path: string | null | undefined) => {
     if (!path) return null;
     const src = await openTensorSource(path);

@@ -191,7 +191,7 @@ export async function trainCommand(args: string[]): Promise<number> {
       await Deno.mkdir(out, { recursive: true });
       await checkOutputPath(join(out, RUN_FILES.config), { label: "--out" });
     }
-    models = await prepareTrainModels(spec, values["feature-cache"] ?? out, stage !== "baseline");
+    models = await prepareTrainModels(spec, stage !== "baseline");
   } catch (e) {
     console.error(`train: ${(e as Error).message}`);
     return 2;

@@ -1,8 +1,8 @@
 /**
  * The command line end to end, as a user runs it: pair -> train baseline -> train clipit -> eval
  * -> predict, each a `deno run -A cli.ts ...` subprocess, on a small synthetic world (files on
- * disk, a word tokenizer, the demo's tiny CLIP architecture with random weights), checking every
- * file each step must write. Then the same on the real tiles and reports of ../shared/data with a
+ * disk, a word tokenizer, the demo's shipped tiny CLIP), checking every file each step must
+ * write. Then the same on the real tiles and reports of ../shared/data with a
  * random-weight tiny CLIP and CLIP's BPE (skipped when the folder is absent).
  */
 import assert from "node:assert/strict";
@@ -91,11 +91,12 @@ Deno.test({
         "--classes",
         WORLD_CLASSES.join(","),
       ];
+      // Real weights (the demo's shipped tiny CLIP): the commands hash and load a checkpoint.
       const model = [
         "--arch",
         "demo-tiny",
         "--weights",
-        "random",
+        fileURLToPath(new URL("../cli/demo_clip.safetensors", import.meta.url)),
         "--tokenizer",
         join(world, "tokenizer.json"),
       ];
