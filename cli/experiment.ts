@@ -351,6 +351,7 @@ export async function experimentCommand(
         pairing = await loadPairings(values.pairing, ds, corpus, `--corpus ${values.corpus}`);
       }
       models = await prepareTrainModels(spec!);
+      for (const note of models.notes) console.error(`experiment: note: ${note}`);
     }
   } catch (e) {
     console.error(`experiment: ${(e as Error).message}`);

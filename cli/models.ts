@@ -257,6 +257,8 @@ export interface TrainModels {
   backboneKey: string;
   /** What config.json records about the models. */
   describe: Record<string, unknown>;
+  /** Things the user should know about these models (printed by the command). */
+  notes: string[];
 }
 
 /**
@@ -351,8 +353,16 @@ export async function prepareTrainModels(
   const backboneKey = `${spec.backbone}:${
     spec.backbone === "timm" ? spec.backboneArch : spec.arch ?? ""
   }:${backboneSha ?? `random-${spec.initSeed}`}`;
+  const notes: string[] = [];
+  if (timmConfig && timmConfig.interpolation !== "bicubic") {
+    notes.push(
+      `${spec.backboneArch}'s config resizes with ${timmConfig.interpolation} interpolation; the ` +
+        "data loader resizes bicubic (PIL's), so its inputs differ slightly from timm's transform",
+    );
+  }
   return {
     tokenizer,
+    notes,
     backboneKey,
     describe: {
       ...describe,

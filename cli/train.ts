@@ -227,6 +227,7 @@ export async function trainCommand(args: string[]): Promise<number> {
       return 2;
     }
   }
+  for (const note of models.notes) console.error(`train: note: ${note}`);
   if (!quiet) {
     const counts = ds.splits.map((s) => `${s.name} ${s.labels.length}`).join(", ");
     console.error(
