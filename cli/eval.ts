@@ -11,6 +11,7 @@
 import { parseArgs } from "node:util";
 import { init } from "../kernels/device.ts";
 import { checkOutputPath, writeFileAtomic } from "../nn/formats/safe_write.ts";
+import { backboneInput } from "../clip/backbone.ts";
 import { DataLoader } from "../train/data/loader.ts";
 import type { Dataset } from "../train/data/datasets.ts";
 import { predictBatches, reportOf } from "../train/evaluate.ts";
@@ -83,12 +84,9 @@ async function evaluateRun(
       );
     }
     model.eval();
-    const b = model.backbone;
     const loader = new DataLoader(split, {
       batchSize: opts.batch,
-      size: b.imageSize,
-      mean: b.mean,
-      std: b.std,
+      ...backboneInput(model.backbone),
       shuffle: false,
       workers: opts.workers,
     });

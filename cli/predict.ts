@@ -16,6 +16,7 @@ import { relative } from "node:path";
 import { parseArgs } from "node:util";
 import { init } from "../kernels/device.ts";
 import { checkOutputPath, writeFileAtomic } from "../nn/formats/safe_write.ts";
+import { backboneInput } from "../clip/backbone.ts";
 import { listImages } from "../train/data/files.ts";
 import { DataLoader } from "../train/data/loader.ts";
 import { predictBatches } from "../train/evaluate.ts";
@@ -154,10 +155,9 @@ export async function predictCommand(args: string[]): Promise<number> {
   }
   const { model, meta } = loaded;
   model.eval();
-  const b = model.backbone;
   const loader = new DataLoader(
     { name: "test", source: { kind: "files", paths: files }, labels: new Int32Array(files.length) },
-    { batchSize: batch, size: b.imageSize, mean: b.mean, std: b.std, shuffle: false, workers },
+    { batchSize: batch, ...backboneInput(model.backbone), shuffle: false, workers },
   );
   const bar = new Progress("predict", files.length, "images", values.quiet);
   try {

@@ -283,10 +283,12 @@ export async function trainCommand(args: string[]): Promise<number> {
       },
     );
     if (result.test) console.log(formatReportTable(result.test));
-    console.log(
-      `train: ${result.steps} steps; run folder ${run.dir} (${RUN_FILES.model}, ` +
-        `${RUN_FILES.eval}, ${RUN_FILES.report})`,
-    );
+    // What the stage wrote (the text baseline has no image model to export).
+    const wrote: string[] = [];
+    for (const f of [RUN_FILES.model, RUN_FILES.eval, RUN_FILES.report]) {
+      if (await run.has(f)) wrote.push(f);
+    }
+    console.log(`train: ${result.steps} steps; run folder ${run.dir} (${wrote.join(", ")})`);
     return 0;
   } catch (e) {
     if (e instanceof TrainingInterrupted) {

@@ -36,6 +36,16 @@ export interface ImageBackbone extends LoraHost {
   features(images: Tensor): Tensor;
 }
 
+/**
+ * The input an image backbone expects, in the data loader's terms: the square side and the
+ * normalisation (spread it into `DataLoader` options).
+ */
+export function backboneInput(
+  b: ImageBackbone,
+): { size: number; mean: readonly number[]; std: readonly number[] } {
+  return { size: b.imageSize, mean: b.mean, std: b.std };
+}
+
 /** A text encoder whose embeddings CLIP-IT distils the image model towards. */
 export interface TextEncoder extends LoraHost {
   /** A label for messages and run configs. */

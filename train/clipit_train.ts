@@ -25,7 +25,7 @@ import { embedding } from "../nn/ops/embedding.ts";
 import { Adam, AdamW, clipGradNorm, cosineSchedule, type Optimizer } from "../nn/optim.ts";
 import { seedOf } from "./data/split.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
-import type { ImageBackbone, TextEncoder } from "../clip/backbone.ts";
+import { backboneInput, type ImageBackbone, type TextEncoder } from "../clip/backbone.ts";
 import { DEFAULT_LORA_TARGETS, type LoraRole, loraTargetFilter } from "../clip/lora_targets.ts";
 import { clipItLoss, ClipItModel, distillLoss, textTargets } from "./clipit.ts";
 import { loadTrainState, saveTrainState, type TrainStateMeta } from "./checkpoint.ts";
@@ -304,9 +304,7 @@ export async function trainClipIt(
   const batchSize = settings.batchSize ?? 64;
   const loaderOpts = {
     batchSize,
-    size: backbone.imageSize,
-    mean: backbone.mean,
-    std: backbone.std,
+    ...backboneInput(backbone),
     workers: settings.workers,
   };
   const trainLoader = new DataLoader(data.train, {

@@ -21,7 +21,7 @@ import { mean, sum } from "../nn/ops/reduce.ts";
 import { transpose } from "../nn/ops/shape.ts";
 import { clipGradNorm } from "../nn/optim.ts";
 import { keep, type Tensor, tensor, tidy } from "../nn/tensor.ts";
-import type { ImageBackbone, TextEncoder } from "../clip/backbone.ts";
+import { backboneInput, type ImageBackbone, type TextEncoder } from "../clip/backbone.ts";
 import { loadTrainState, saveTrainState } from "./checkpoint.ts";
 import {
   adapterTensors,
@@ -122,9 +122,7 @@ export async function trainContrastive(
   const batchSize = settings.batchSize ?? 64;
   const loaderOpts = {
     batchSize,
-    size: backbone.imageSize,
-    mean: backbone.mean,
-    std: backbone.std,
+    ...backboneInput(backbone),
     workers: settings.workers,
   };
   const loader = new DataLoader(data.train, {

@@ -27,6 +27,7 @@ import { textTargets } from "./clipit.ts";
 import { ClipItModel } from "./clipit.ts";
 import { type ClipItSettings, type RunControl, trainClipIt } from "./clipit_train.ts";
 import { trainContrastive } from "./contrastive.ts";
+import type { LoopResult } from "./loop.ts";
 import type { Dataset, Split, SplitName } from "./data/datasets.ts";
 import { type ClassificationReport } from "./metrics.ts";
 import { saveInferenceModel } from "./models.ts";
@@ -218,6 +219,14 @@ export async function runStage(
     );
   }
   let result: StageResult;
+  /** A trainer's result as this function reports it. */
+  const resultOf = (r: { test?: ClassificationReport } & LoopResult): StageResult => ({
+    run,
+    test: r.test,
+    validations: r.validations,
+    steps: r.state.step,
+    seconds: r.seconds,
+  });
   const backboneKey = inputs.backboneKey ?? "backbone";
 
   const models = await inputs.load();
@@ -260,22 +269,11 @@ export async function runStage(
     await saveBaselineModel(backbone, r.head, ds.classes, run.path(RUN_FILES.model), stage);
     r.head.dispose();
     backbone.dispose();
-    result = {
-      run,
-      test: r.test,
-      validations: r.validations,
-      steps: r.state.step,
-      seconds: r.seconds,
-    };
+    result = resultOf(r);
   } else if (stage === "text-baseline") {
     backbone.dispose();
-    const text = need(models.textEncoder, "a text encoder", stage);
-    const ids = tokenizeCorpus(
-      need(inputs.corpus, "a corpus", stage),
-      need(inputs.tokenizer, "a tokenizer", stage),
-      text.contextLength,
-    );
-    const feats = await pairedTextFeatures(text, ids, need(inputs.pairing, "a pairing", stage), ds);
+    const { pairing, text, ids } = textSide();
+    const feats = await pairedTextFeatures(text, ids, pairing, ds);
     const r = await trainHead(
       run,
       {
@@ -290,13 +288,7 @@ export async function runStage(
     );
     r.head.dispose();
     text.dispose();
-    result = {
-      run,
-      test: r.test,
-      validations: r.validations,
-      steps: r.state.step,
-      seconds: r.seconds,
-    };
+    result = resultOf(r);
   } else if (stage === "clipit") {
     const { pairing, text, ids } = textSide();
     const r = await trainClipIt(
@@ -319,13 +311,7 @@ export async function runStage(
     await saveInferenceModel(r.model, run.path(RUN_FILES.model), { classes: ds.classes, stage });
     r.model.dispose();
     text.dispose();
-    result = {
-      run,
-      test: r.test,
-      validations: r.validations,
-      steps: r.state.step,
-      seconds: r.seconds,
-    };
+    result = resultOf(r);
   } else {
     const { pairing, text, ids } = textSide();
     const r = await trainContrastive(
@@ -372,13 +358,8 @@ export async function runStage(
     h.head.dispose();
     backbone.dispose();
     if (h.test) await run.log({ type: "test", step: r.state.step, ...h.test });
-    result = {
-      run,
-      test: h.test,
-      validations: r.validations.map((v) => ({ ...v })),
-      steps: r.state.step,
-      seconds: r.seconds,
-    };
+    // The contrastive phase's steps and validations; the probe's test report.
+    result = { ...resultOf(r), test: h.test };
   }
   if (result.test) {
     await writeFileAtomic(run.path(RUN_FILES.eval), JSON.stringify(result.test, null, 2) + "\n");

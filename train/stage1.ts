@@ -19,7 +19,7 @@ import { clipGradNorm } from "../nn/optim.ts";
 import { Rng } from "../nn/rng.ts";
 import { type Tensor, tensor, tidy } from "../nn/tensor.ts";
 import { SafetensorsFile, writeSafetensors } from "../nn/formats/safetensors.ts";
-import type { ImageBackbone } from "../clip/backbone.ts";
+import { backboneInput, type ImageBackbone } from "../clip/backbone.ts";
 import { loadTrainState, saveTrainState } from "./checkpoint.ts";
 import {
   makeOptimizer,
@@ -87,9 +87,7 @@ export async function computeFeatures(
   const out = new Float32Array(N * D);
   const loader = new DataLoader(split, {
     batchSize: opts.batchSize ?? 64,
-    size: backbone.imageSize,
-    mean: backbone.mean,
-    std: backbone.std,
+    ...backboneInput(backbone),
     shuffle: false,
     workers: opts.workers,
   });
